@@ -1,0 +1,5 @@
+//go:build race
+
+package btree_test
+
+const raceEnabled = true
