@@ -1,0 +1,264 @@
+// Command cumulus builds and runs CumulusDB images.
+//
+//	cumulus image [-o app.img] [PATH]        build an image from a Go main package (default: the CumulusDB server)
+//	cumulus run [flags] app.img [-- args...]  boot an image under KVM with CumulusDB's monitor
+//	cumulus test [go test flags] PACKAGES     run package tests inside images (go test -exec)
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/cumulusdb/cumulus/vmm"
+	"github.com/cumulusdb/cumulus/vmm/build"
+	"github.com/cumulusdb/cumulus/vmm/kvm"
+)
+
+func usage() {
+	fmt.Fprint(os.Stderr, `usage:
+  cumulus image [-o FILE] [PATH]             build a bootable image from a Go main package
+                                             (PATH: directory, package, or linux/amd64 ELF;
+                                             default: the CumulusDB server)
+  cumulus run [-cpus N] [-mem SIZE] [-timeout D] [-stats] IMAGE [-- ARGS...]
+                                             boot IMAGE under KVM; its exit status is ours
+  cumulus test [go test flags] PACKAGES      run package tests inside images
+`)
+	os.Exit(2)
+}
+
+func main() {
+	if len(os.Args) < 2 {
+		usage()
+	}
+	var err error
+	code := 0
+	switch os.Args[1] {
+	case "image":
+		err = cmdImage(os.Args[2:])
+	case "run":
+		code, err = cmdRun(os.Args[2:])
+	case "test":
+		code, err = cmdTest(os.Args[2:])
+	case "exec-test":
+		code, err = cmdExecTest(os.Args[2:])
+	case "-h", "-help", "--help", "help":
+		usage()
+	default:
+		fmt.Fprintf(os.Stderr, "cumulus: unknown command %q\n", os.Args[1])
+		usage()
+	}
+	if err != nil {
+		if errors.Is(err, kvm.ErrNoKVM) {
+			fmt.Fprintln(os.Stderr, kvm.Describe(err))
+		} else {
+			fmt.Fprintf(os.Stderr, "cumulus: %v\n", err)
+		}
+		if code == 0 {
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+func cmdImage(args []string) error {
+	fs := flag.NewFlagSet("image", flag.ExitOnError)
+	out := fs.String("o", "", "output file (default: NAME.img)")
+	fs.Parse(args)
+	path := "./cmd/cumulusdb"
+	if fs.NArg() > 0 {
+		path = fs.Arg(0)
+	} else {
+		root, err := build.ModuleRoot()
+		if err != nil {
+			return err
+		}
+		path = filepath.Join(root, "cmd", "cumulusdb")
+	}
+	name := filepath.Base(strings.TrimSuffix(path, "/"))
+	if name == "." || name == "" {
+		wd, _ := os.Getwd()
+		name = filepath.Base(wd)
+	}
+	if *out == "" {
+		*out = name + ".img"
+	}
+	start := time.Now()
+	prog, err := build.Program(path)
+	if err != nil {
+		return err
+	}
+	img, err := build.Image(name, prog)
+	if err != nil {
+		return err
+	}
+	data := img.Encode()
+	if err := os.WriteFile(*out, data, 0o644); err != nil {
+		return err
+	}
+	fmt.Fprintf(os.Stderr, "cumulus: wrote %s (%d KiB: kernel %d KiB + program %d KiB) in %v\n",
+		*out, len(data)>>10, len(img.Kernel)>>10, len(img.Program)>>10, time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+// parseSize reads 512M, 2G, 1048576.
+func parseSize(s string) (uint64, error) {
+	mult := uint64(1)
+	switch {
+	case strings.HasSuffix(s, "G"), strings.HasSuffix(s, "GiB"):
+		mult = 1 << 30
+	case strings.HasSuffix(s, "M"), strings.HasSuffix(s, "MiB"):
+		mult = 1 << 20
+	case strings.HasSuffix(s, "K"), strings.HasSuffix(s, "KiB"):
+		mult = 1 << 10
+	}
+	v, err := strconv.ParseUint(strings.TrimRight(s, "GMKiB"), 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("bad size %q (use e.g. 512M or 2G)", s)
+	}
+	return v * mult, nil
+}
+
+type runFlags struct {
+	cpus    int
+	mem     string
+	timeout time.Duration
+	stats   bool
+	env     multiFlag
+}
+
+type multiFlag []string
+
+func (m *multiFlag) String() string     { return strings.Join(*m, ",") }
+func (m *multiFlag) Set(s string) error { *m = append(*m, s); return nil }
+
+func (rf *runFlags) register(fs *flag.FlagSet) {
+	fs.IntVar(&rf.cpus, "cpus", 1, "number of vCPUs")
+	fs.StringVar(&rf.mem, "mem", "1G", "guest memory")
+	fs.DurationVar(&rf.timeout, "timeout", 0, "stop the guest after this long (exit status 124)")
+	fs.BoolVar(&rf.stats, "stats", false, "print exits, hypercalls and kernel entries at the end (JSON, stderr)")
+	fs.Var(&rf.env, "e", "set an environment variable in the guest (KEY=VALUE, repeatable)")
+}
+
+func (rf *runFlags) config(args []string) (vmm.Config, error) {
+	mem, err := parseSize(rf.mem)
+	if err != nil {
+		return vmm.Config{}, err
+	}
+	env := os.Environ()
+	env = append(env, rf.env...)
+	return vmm.Config{
+		CPUs: rf.cpus, MemBytes: mem, Timeout: rf.timeout, Args: args, Env: env,
+		Log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+	}, nil
+}
+
+func cmdRun(args []string) (int, error) {
+	fs := flag.NewFlagSet("run", flag.ExitOnError)
+	var rf runFlags
+	rf.register(fs)
+	fs.Parse(args)
+	if fs.NArg() < 1 {
+		usage()
+	}
+	img, err := vmm.ReadImage(fs.Arg(0))
+	if err != nil {
+		return 1, err
+	}
+	rest := fs.Args()[1:]
+	if len(rest) > 0 && rest[0] == "--" {
+		rest = rest[1:]
+	}
+	cfg, err := rf.config(append([]string{img.Manifest.Name}, rest...))
+	if err != nil {
+		return 2, err
+	}
+	return runImage(img, cfg, rf.stats)
+}
+
+func runImage(img *vmm.Image, cfg vmm.Config, stats bool) (int, error) {
+	res, err := vmm.Run(img, cfg)
+	if stats {
+		printStats(res.Stats)
+	}
+	if errors.Is(err, vmm.ErrTimeout) {
+		return 124, nil
+	}
+	if err != nil {
+		return 1, err
+	}
+	return res.ExitCode, nil
+}
+
+func printStats(s vmm.Stats) {
+	type kv struct {
+		Nr, N int
+	}
+	b, _ := json.MarshalIndent(s, "", "  ")
+	fmt.Fprintf(os.Stderr, "cumulus: stats %s\n", b)
+	var top []kv
+	for nr, n := range s.SyscallsByNr {
+		top = append(top, kv{nr, int(n)})
+	}
+	sort.Slice(top, func(i, j int) bool { return top[i].N > top[j].N })
+	secs := s.Wall.Seconds()
+	fmt.Fprintf(os.Stderr, "cumulus: %.0f exits/s, %.0f syscalls/s, %.0f ticks/s over %v\n",
+		float64(s.Exits)/secs, float64(s.Syscalls)/secs, float64(s.TicksDelivered+s.TicksDeferred)/secs, s.Wall.Round(time.Millisecond))
+}
+
+// cmdTest runs `go test -exec "cumulus exec-test"`: go test builds each
+// package's test binary for linux/amd64 and hands it to us; we boot it.
+func cmdTest(args []string) (int, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return 1, err
+	}
+	goArgs := append([]string{"test", "-exec", self + " exec-test"}, args...)
+	cmd := exec.Command("go", goArgs...)
+	cmd.Stdout, cmd.Stderr, cmd.Stdin = os.Stdout, os.Stderr, os.Stdin
+	cmd.Env = append(os.Environ(), "GOOS=linux", "GOARCH=amd64", "CGO_ENABLED=0")
+	if err := cmd.Run(); err != nil {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			return ee.ExitCode(), nil
+		}
+		return 1, err
+	}
+	return 0, nil
+}
+
+// cmdExecTest is the -exec helper: BINARY ARGS... → boot BINARY in an image.
+func cmdExecTest(args []string) (int, error) {
+	if len(args) < 1 {
+		return 2, errors.New("exec-test: no binary")
+	}
+	prog, err := os.ReadFile(args[0])
+	if err != nil {
+		return 1, err
+	}
+	img, err := build.Image(filepath.Base(args[0]), prog)
+	if err != nil {
+		return 1, err
+	}
+	cpus := 2
+	if v, err := strconv.Atoi(os.Getenv("CUMULUS_CPUS")); err == nil && v > 0 {
+		cpus = v
+	}
+	mem := uint64(1 << 30)
+	if v := os.Getenv("CUMULUS_MEM"); v != "" {
+		if m, err := parseSize(v); err == nil {
+			mem = m
+		}
+	}
+	cfg := vmm.Config{CPUs: cpus, MemBytes: mem, Args: append([]string{img.Manifest.Name}, args[1:]...), Env: os.Environ()}
+	return runImage(img, cfg, os.Getenv("CUMULUS_STATS") != "")
+}

@@ -1,0 +1,165 @@
+// Package boot is the contract between CumulusDB's monitor (vmm) and the
+// guest kernel: the guest-physical memory layout the monitor builds, the
+// per-CPU block the kernel finds through GS, the boot-information page, the
+// hypercall ports, and the segment selectors.
+//
+// Both sides compile this package; nothing here runs code. The per-CPU and
+// trap-frame offsets are repeated in kernel/entry_amd64.s (#define), and the
+// kernel's tests check that the two agree.
+//
+// Memory model: guest-physical == guest-virtual for all of RAM (an identity
+// "direct map" built from 2 MiB pages), except the first 2 MiB, which stay
+// unmapped so that nil dereferences fault. Address-space the Go runtime asks
+// for with mmap lives above RAM and is mapped by the kernel on demand.
+package boot
+
+// Guest-physical layout fixed by the monitor. The ELF image is loaded at its
+// own addresses, which for Go's linux/amd64 linker start at 4 MiB.
+const (
+	PageSize     = 4096
+	HugePageSize = 2 << 20
+
+	NullGuardEnd = 2 << 20 // [0, 2 MiB) is never mapped
+
+	PML4Addr      = 0x200000 // root page table
+	PDPTAddr      = 0x201000 // covers [0, 512 GiB)
+	PDAddr        = 0x202000 // one page directory per GiB of RAM
+	MaxRAMGiB     = 64
+	BootInfoAddr  = 0x280000
+	VDSOAddr      = 0x281000 // hand-built vDSO ELF (one page)
+	IDTAddr       = 0x283000
+	CPUTablesAddr = 0x290000 // per-CPU GDT + TSS (+ I/O bitmap), CPUTablesSize each
+	CPUTablesSize = 0x4000
+	MaxCPUs       = 32
+	ImageMin      = 0x400000 // lowest address an image may load at
+)
+
+// Per-CPU kernel memory, allocated by the monitor after the image.
+const (
+	PerCPUSize      = 0x1000
+	KernelStackSize = 128 << 10
+	ISTStackSize    = 32 << 10
+	ThreadSize      = 0x1000 // one slot of the thread table
+	MaxThreads      = 1024
+	MainStackSize   = 8 << 20
+)
+
+// Offsets inside the per-CPU block (GS base points at it). Keep in sync with
+// entry_amd64.s.
+const (
+	PCSelf       = 0x00  // address of this block
+	PCCPU        = 0x08  // vCPU index
+	PCScratch    = 0x10  // user RSP at SYSCALL entry
+	PCCurFrame   = 0x18  // address of the running thread's trap frame
+	PCKStack     = 0x20  // top of this CPU's kernel stack
+	PCKFS        = 0x28  // FS base for kernel code (FS:-8 holds the kernel g)
+	PCInKernel   = 0x30  // non-zero while kernel code runs: the monitor then defers the tick
+	PCTickPend   = 0x38  // set by the monitor when it deferred a tick
+	PCHalted     = 0x40  // set by the kernel before it halts (a waker must kick)
+	PCHCArgs     = 0x48  // 8 hypercall argument words
+	PCBootInfo   = 0x88  // address of the boot-information page
+	PCISTTop     = 0x90  // top of the IST stack (the monitor pushes tick frames here)
+	PCTicks      = 0x98  // ticks delivered (statistics)
+	PCTicksDefer = 0xa0  // ticks deferred
+	PCFaultFrame = 0x100 // trap frame of the last fault
+	PCKernelG    = 0x800 // the kernel's stand-in g: stack bounds only
+	PCKernelTLS  = 0xc00 // kernel FS base; the word before it points to PCKernelG
+)
+
+// Hypercall ports (OUT at CPL 3, permitted by the TSS I/O bitmap; PVM ignores
+// IOPL). The 32-bit value written is the first argument; further arguments
+// are in the per-CPU hypercall words.
+const (
+	HCWrite = 0x10 // arg: fd; words[0]=addr, words[1]=len
+	HCExit  = 0x11 // arg: status
+	HCHalt  = 0x12 // idle: words[0] = deadline in guest ns (0 = none)
+	HCKick  = 0x13 // arg: vCPU to wake
+	HCFault = 0x14 // arg: vector; words[0]=frame address, words[1]=error code, words[2]=in kernel
+	HCFlush = 0x15 // reload CR3 on this vCPU (privop: TLB flush)
+	HCStats = 0x16 // words[0..]: counters for the monitor's report
+	HCDebug = 0x17 // arg: value to print (diagnostics)
+)
+
+// Segment selectors: Linux's layout, because PVM reports CS=0x33 after
+// SYSCALL whatever STAR says, so 0x33 must be a 64-bit user code segment.
+const (
+	SelKernelCode = 0x10
+	SelKernelData = 0x18
+	SelUser32Code = 0x23
+	SelUserData   = 0x2b
+	SelUserCode   = 0x33
+	SelTSS        = 0x40
+	GDTSize       = 0x50
+	TSSOffset     = 0x100 // inside the per-CPU tables page
+	TSSLimit      = 104 + 8192
+)
+
+// Interrupt vectors.
+const (
+	VecTick = 32 // delivered by the monitor, not through the IDT
+)
+
+// BootInfo is the boot-information page (at BootInfoAddr).
+type BootInfo struct {
+	Magic        uint64
+	RAMSize      uint64
+	NumCPUs      uint64
+	FreeStart    uint64 // first free physical byte (2 MiB aligned)
+	FreeEnd      uint64
+	PerCPUBase   uint64 // NumCPUs blocks of PerCPUSize
+	ThreadsBase  uint64 // MaxThreads slots of ThreadSize
+	TSCKHz       uint64
+	BootTSC      uint64 // guest TSC when the monitor started the vCPUs
+	BootUnixNano uint64 // host wall clock at BootTSC
+	ImageEnd     uint64
+	MainStackTop uint64
+	Flags        uint64
+}
+
+// Magic identifies a valid BootInfo.
+const Magic = 0x43756d756c757331 // "Cumulus1"
+
+// Trap-frame layout at the start of each thread slot. Keep in sync with
+// entry_amd64.s.
+const (
+	TFRAX    = 0
+	TFRBX    = 8
+	TFRCX    = 16
+	TFRDX    = 24
+	TFRSI    = 32
+	TFRDI    = 40
+	TFRBP    = 48
+	TFR8     = 56
+	TFR9     = 64
+	TFR10    = 72
+	TFR11    = 80
+	TFR12    = 88
+	TFR13    = 96
+	TFR14    = 104
+	TFR15    = 112
+	TFRIP    = 120
+	TFRSP    = 128
+	TFRFLAGS = 136
+	TFFSBase = 144
+	TFKind   = 152 // 0: entered by SYSCALL (vector state dead); 1: full (XSAVE valid)
+	TFVector = 160
+	TFError  = 168
+	TFCR2    = 176
+	TFXSave  = 1024 // 64-byte aligned XSAVE area, up to 3 KiB
+)
+
+// XCR0 features the kernel enables and saves: x87, SSE, AVX. AVX-512 state
+// is left disabled so the runtime does not use it.
+const XCR0 = 7
+
+// Names of the kernel entry points the monitor looks up in the image's
+// symbol table.
+const (
+	SymPrefix       = "github.com/cumulusdb/cumulus/kernel."
+	SymSyscallEntry = SymPrefix + "syscallEntry.abi0"
+	SymTickEntry    = SymPrefix + "tickEntry.abi0"
+	SymAPEntry      = SymPrefix + "apEntry.abi0"
+	SymResume       = SymPrefix + "resume.abi0"
+	SymFaultPrefix  = SymPrefix + "fault"
+	SymVDSOClock    = SymPrefix + "vdsoClockGettime.abi0"
+)

@@ -1,0 +1,376 @@
+// Kernel entry and exit paths.
+//
+// Everything here runs at CPL 3 in the program's address space (DESIGN §1.3)
+// and may run at any instant of the program's execution, so:
+//   - on entry the program's registers are saved, before anything else,
+//     into the running thread's trap frame (PC_CURFRAME), or for faults into
+//     the per-CPU fault frame;
+//   - PC_INKERNEL is set first and cleared last: while it is set, or while
+//     RIP is inside one of these functions, the monitor defers the
+//     preemption tick (it cannot be masked: cli/sti fault under PVM);
+//   - kernel Go code runs on this CPU's kernel stack with FS pointing at the
+//     kernel's TLS, whose g is a stand-in carrying only stack bounds;
+//   - return to the program is always IRETQ, which restores RIP, RSP and
+//     RFLAGS at once (measured ~0.2 µs under PVM).
+// Offsets mirror kernel/boot; TestLayout checks them.
+
+#include "textflag.h"
+
+#define PC_SCRATCH   0x10
+#define PC_CURFRAME  0x18
+#define PC_KSTACK    0x20
+#define PC_KFS       0x28
+#define PC_INKERNEL  0x30
+#define PC_FAULTFRAME 0x100
+
+#define TF_RAX 0
+#define TF_RBX 8
+#define TF_RCX 16
+#define TF_RDX 24
+#define TF_RSI 32
+#define TF_RDI 40
+#define TF_RBP 48
+#define TF_R8 56
+#define TF_R9 64
+#define TF_R10 72
+#define TF_R11 80
+#define TF_R12 88
+#define TF_R13 96
+#define TF_R14 104
+#define TF_R15 112
+#define TF_RIP 120
+#define TF_RSP 128
+#define TF_RFLAGS 136
+#define TF_FSBASE 144
+#define TF_KIND 152
+#define TF_VECTOR 160
+#define TF_ERROR 168
+#define TF_XSAVE 1024
+
+#define SEL_UDATA 0x2b
+#define SEL_UCODE 0x33
+
+// SAVE_GPRS_BUT_DI stores every general register except DI into the frame at DI.
+#define SAVE_GPRS_BUT_DI \
+	MOVQ AX, TF_RAX(DI); \
+	MOVQ BX, TF_RBX(DI); \
+	MOVQ CX, TF_RCX(DI); \
+	MOVQ DX, TF_RDX(DI); \
+	MOVQ SI, TF_RSI(DI); \
+	MOVQ BP, TF_RBP(DI); \
+	MOVQ R8, TF_R8(DI); \
+	MOVQ R9, TF_R9(DI); \
+	MOVQ R10, TF_R10(DI); \
+	MOVQ R11, TF_R11(DI); \
+	MOVQ R12, TF_R12(DI); \
+	MOVQ R13, TF_R13(DI); \
+	MOVQ R14, TF_R14(DI); \
+	MOVQ R15, TF_R15(DI)
+
+// syscallEntry is LSTAR. SYSCALL left the program's RIP in CX and RFLAGS in
+// R11; under PVM it did not change privilege, so SP is still the program's.
+TEXT ·syscallEntry(SB),NOSPLIT|NOFRAME,$0
+	MOVQ $1, PC_INKERNEL(GS)
+	MOVQ DI, PC_SCRATCH(GS)
+	MOVQ PC_CURFRAME(GS), DI
+	SAVE_GPRS_BUT_DI
+	MOVQ PC_SCRATCH(GS), AX
+	MOVQ AX, TF_RDI(DI)
+	MOVQ CX, TF_RIP(DI)
+	MOVQ R11, TF_RFLAGS(DI)
+	MOVQ SP, TF_RSP(DI)
+	RDFSBASEQ AX
+	MOVQ AX, TF_FSBASE(DI)
+	MOVQ $0, TF_KIND(DI)
+	MOVQ PC_KFS(GS), AX
+	WRFSBASEQ AX
+	MOVQ PC_KSTACK(GS), SP
+	CALL ·syscallTrap(SB)
+	JMP ·resume(SB)
+
+// tickEntry is where the monitor sends a vCPU for the preemption tick. It
+// has pushed an interrupt frame (RIP, CS, RFLAGS, RSP, SS) on the IST stack,
+// exactly as the CPU would for an external interrupt. The program may be
+// anywhere, so its vector state is saved too.
+TEXT ·tickEntry(SB),NOSPLIT|NOFRAME,$0
+	MOVQ $1, PC_INKERNEL(GS)
+	MOVQ DI, PC_SCRATCH(GS)
+	MOVQ PC_CURFRAME(GS), DI
+	SAVE_GPRS_BUT_DI
+	MOVQ PC_SCRATCH(GS), AX
+	MOVQ AX, TF_RDI(DI)
+	MOVQ 0(SP), AX
+	MOVQ AX, TF_RIP(DI)
+	MOVQ 16(SP), AX
+	MOVQ AX, TF_RFLAGS(DI)
+	MOVQ 24(SP), AX
+	MOVQ AX, TF_RSP(DI)
+	RDFSBASEQ AX
+	MOVQ AX, TF_FSBASE(DI)
+	MOVQ $1, TF_KIND(DI)
+	MOVL $7, AX
+	XORL DX, DX
+	XSAVE64 TF_XSAVE(DI)
+	MOVQ PC_KFS(GS), AX
+	WRFSBASEQ AX
+	MOVQ PC_KSTACK(GS), SP
+	CALL ·tickTrap(SB)
+	JMP ·resume(SB)
+
+// apEntry is where the monitor starts every vCPU but the first, on its
+// kernel stack with kernel FS: it idles until there is a thread to run.
+TEXT ·apEntry(SB),NOSPLIT|NOFRAME,$0
+	MOVQ $1, PC_INKERNEL(GS)
+	CALL ·idleTrap(SB)
+	JMP ·resume(SB)
+
+// resume returns to the thread whose frame PC_CURFRAME names.
+TEXT ·resume(SB),NOSPLIT|NOFRAME,$0
+	MOVQ PC_CURFRAME(GS), DI
+	MOVQ TF_FSBASE(DI), AX
+	WRFSBASEQ AX
+	CMPQ TF_KIND(DI), $0
+	JEQ  gprs
+	MOVL $7, AX
+	XORL DX, DX
+	XRSTOR64 TF_XSAVE(DI)
+gprs:
+	MOVQ PC_KSTACK(GS), SP
+	PUSHQ $SEL_UDATA
+	PUSHQ TF_RSP(DI)
+	PUSHQ TF_RFLAGS(DI)
+	PUSHQ $SEL_UCODE
+	PUSHQ TF_RIP(DI)
+	MOVQ TF_RAX(DI), AX
+	MOVQ TF_RBX(DI), BX
+	MOVQ TF_RCX(DI), CX
+	MOVQ TF_RDX(DI), DX
+	MOVQ TF_RSI(DI), SI
+	// BP is the program's, not a frame pointer of ours: it is restored
+	// like any register (the read below tells vet's framepointer check so).
+	MOVQ BP, PC_SCRATCH(GS)
+	MOVQ TF_RBP(DI), BP
+	MOVQ TF_R8(DI), R8
+	MOVQ TF_R9(DI), R9
+	MOVQ TF_R10(DI), R10
+	MOVQ TF_R11(DI), R11
+	MOVQ TF_R12(DI), R12
+	MOVQ TF_R13(DI), R13
+	MOVQ TF_R14(DI), R14
+	MOVQ TF_R15(DI), R15
+	MOVQ TF_RDI(DI), DI
+	MOVQ $0, PC_INKERNEL(GS)
+	IRETQ
+
+// faultCommon: the CPU delivered an exception through a DPL 3 gate onto
+// IST1; the per-vector stub pushed the vector (and a zero error code where
+// the CPU pushes none). Stack: vector, error, RIP, CS, RFLAGS, RSP, SS.
+// State goes to the per-CPU fault frame so that a fault inside the kernel
+// does not overwrite the interrupted thread's frame.
+TEXT faultCommon<>(SB),NOSPLIT|NOFRAME,$0
+	MOVQ DI, PC_SCRATCH(GS)
+	MOVQ 0(GS), DI
+	ADDQ $PC_FAULTFRAME, DI
+	SAVE_GPRS_BUT_DI
+	MOVQ PC_SCRATCH(GS), AX
+	MOVQ AX, TF_RDI(DI)
+	MOVQ 0(SP), AX
+	MOVQ AX, TF_VECTOR(DI)
+	MOVQ 8(SP), AX
+	MOVQ AX, TF_ERROR(DI)
+	MOVQ 16(SP), AX
+	MOVQ AX, TF_RIP(DI)
+	MOVQ 32(SP), AX
+	MOVQ AX, TF_RFLAGS(DI)
+	MOVQ 40(SP), AX
+	MOVQ AX, TF_RSP(DI)
+	RDFSBASEQ AX
+	MOVQ AX, TF_FSBASE(DI)
+	MOVQ PC_INKERNEL(GS), AX
+	MOVQ AX, TF_KIND(DI)
+	MOVQ $1, PC_INKERNEL(GS)
+	MOVQ PC_KFS(GS), AX
+	WRFSBASEQ AX
+	MOVQ PC_KSTACK(GS), SP
+	CALL ·faultTrap(SB)
+	JMP ·resume(SB)
+
+// outl is a hypercall: OUT to port with a 32-bit argument.
+TEXT ·outl(SB),NOSPLIT,$0-8
+	MOVW port+0(FP), DX
+	MOVL arg+4(FP), AX
+	OUTL
+	RET
+
+// percpuAddr returns this CPU's per-CPU block.
+TEXT ·percpuAddr(SB),NOSPLIT,$0-8
+	MOVQ 0(GS), AX
+	MOVQ AX, ret+0(FP)
+	RET
+
+TEXT ·rdtsc(SB),NOSPLIT,$0-8
+	RDTSC
+	SHLQ $32, DX
+	ORQ DX, AX
+	MOVQ AX, ret+0(FP)
+	RET
+
+TEXT ·rdrand(SB),NOSPLIT,$0-9
+	RDRANDQ AX
+	SETCS ret1+8(FP)
+	MOVQ AX, ret+0(FP)
+	RET
+
+TEXT ·cpuPause(SB),NOSPLIT,$0
+	PAUSE
+	RET
+TEXT ·fault0(SB),NOSPLIT|NOFRAME,$0
+	PUSHQ $0
+	PUSHQ $0
+	JMP faultCommon<>(SB)
+
+TEXT ·fault1(SB),NOSPLIT|NOFRAME,$0
+	PUSHQ $0
+	PUSHQ $1
+	JMP faultCommon<>(SB)
+
+TEXT ·fault2(SB),NOSPLIT|NOFRAME,$0
+	PUSHQ $0
+	PUSHQ $2
+	JMP faultCommon<>(SB)
+
+TEXT ·fault3(SB),NOSPLIT|NOFRAME,$0
+	PUSHQ $0
+	PUSHQ $3
+	JMP faultCommon<>(SB)
+
+TEXT ·fault4(SB),NOSPLIT|NOFRAME,$0
+	PUSHQ $0
+	PUSHQ $4
+	JMP faultCommon<>(SB)
+
+TEXT ·fault5(SB),NOSPLIT|NOFRAME,$0
+	PUSHQ $0
+	PUSHQ $5
+	JMP faultCommon<>(SB)
+
+TEXT ·fault6(SB),NOSPLIT|NOFRAME,$0
+	PUSHQ $0
+	PUSHQ $6
+	JMP faultCommon<>(SB)
+
+TEXT ·fault7(SB),NOSPLIT|NOFRAME,$0
+	PUSHQ $0
+	PUSHQ $7
+	JMP faultCommon<>(SB)
+
+TEXT ·fault8(SB),NOSPLIT|NOFRAME,$0
+	PUSHQ $8
+	JMP faultCommon<>(SB)
+
+TEXT ·fault9(SB),NOSPLIT|NOFRAME,$0
+	PUSHQ $0
+	PUSHQ $9
+	JMP faultCommon<>(SB)
+
+TEXT ·fault10(SB),NOSPLIT|NOFRAME,$0
+	PUSHQ $10
+	JMP faultCommon<>(SB)
+
+TEXT ·fault11(SB),NOSPLIT|NOFRAME,$0
+	PUSHQ $11
+	JMP faultCommon<>(SB)
+
+TEXT ·fault12(SB),NOSPLIT|NOFRAME,$0
+	PUSHQ $12
+	JMP faultCommon<>(SB)
+
+TEXT ·fault13(SB),NOSPLIT|NOFRAME,$0
+	PUSHQ $13
+	JMP faultCommon<>(SB)
+
+TEXT ·fault14(SB),NOSPLIT|NOFRAME,$0
+	PUSHQ $14
+	JMP faultCommon<>(SB)
+
+TEXT ·fault15(SB),NOSPLIT|NOFRAME,$0
+	PUSHQ $0
+	PUSHQ $15
+	JMP faultCommon<>(SB)
+
+TEXT ·fault16(SB),NOSPLIT|NOFRAME,$0
+	PUSHQ $0
+	PUSHQ $16
+	JMP faultCommon<>(SB)
+
+TEXT ·fault17(SB),NOSPLIT|NOFRAME,$0
+	PUSHQ $17
+	JMP faultCommon<>(SB)
+
+TEXT ·fault18(SB),NOSPLIT|NOFRAME,$0
+	PUSHQ $0
+	PUSHQ $18
+	JMP faultCommon<>(SB)
+
+TEXT ·fault19(SB),NOSPLIT|NOFRAME,$0
+	PUSHQ $0
+	PUSHQ $19
+	JMP faultCommon<>(SB)
+
+TEXT ·fault20(SB),NOSPLIT|NOFRAME,$0
+	PUSHQ $0
+	PUSHQ $20
+	JMP faultCommon<>(SB)
+
+TEXT ·fault21(SB),NOSPLIT|NOFRAME,$0
+	PUSHQ $21
+	JMP faultCommon<>(SB)
+
+TEXT ·fault22(SB),NOSPLIT|NOFRAME,$0
+	PUSHQ $0
+	PUSHQ $22
+	JMP faultCommon<>(SB)
+
+TEXT ·fault23(SB),NOSPLIT|NOFRAME,$0
+	PUSHQ $0
+	PUSHQ $23
+	JMP faultCommon<>(SB)
+
+TEXT ·fault24(SB),NOSPLIT|NOFRAME,$0
+	PUSHQ $0
+	PUSHQ $24
+	JMP faultCommon<>(SB)
+
+TEXT ·fault25(SB),NOSPLIT|NOFRAME,$0
+	PUSHQ $0
+	PUSHQ $25
+	JMP faultCommon<>(SB)
+
+TEXT ·fault26(SB),NOSPLIT|NOFRAME,$0
+	PUSHQ $0
+	PUSHQ $26
+	JMP faultCommon<>(SB)
+
+TEXT ·fault27(SB),NOSPLIT|NOFRAME,$0
+	PUSHQ $0
+	PUSHQ $27
+	JMP faultCommon<>(SB)
+
+TEXT ·fault28(SB),NOSPLIT|NOFRAME,$0
+	PUSHQ $0
+	PUSHQ $28
+	JMP faultCommon<>(SB)
+
+TEXT ·fault29(SB),NOSPLIT|NOFRAME,$0
+	PUSHQ $29
+	JMP faultCommon<>(SB)
+
+TEXT ·fault30(SB),NOSPLIT|NOFRAME,$0
+	PUSHQ $30
+	JMP faultCommon<>(SB)
+
+TEXT ·fault31(SB),NOSPLIT|NOFRAME,$0
+	PUSHQ $0
+	PUSHQ $31
+	JMP faultCommon<>(SB)
+

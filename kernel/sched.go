@@ -1,0 +1,310 @@
+package kernel
+
+// Threads and scheduling.
+//
+// Model: every kernel entry (SYSCALL, tick, fault) first saves the running
+// thread's registers into its trap frame; kernel code then runs on the
+// CPU's own stack and finally picks a thread whose frame `resume` restores.
+// A thread that blocks leaves nothing on any kernel stack: it is only its
+// frame plus a wait record, and whoever wakes it writes the system call's
+// result into the frame's RAX. So there are no per-thread kernel stacks and
+// a thread can resume on any vCPU (migration is free).
+//
+// Constraints: trap context (see cpu.go). All fields below are guarded by
+// klock unless marked atomic.
+
+import (
+	"sync/atomic"
+	"unsafe"
+
+	"github.com/cumulusdb/cumulus/kernel/boot"
+	"github.com/cumulusdb/cumulus/kernel/mm"
+)
+
+type trapFrame struct {
+	rax, rbx, rcx, rdx, rsi, rdi, rbp, r8, r9, r10, r11, r12, r13, r14, r15 uint64
+	rip, rsp, rflags, fsbase, kind, vector, errcode, cr2                    uint64
+}
+
+const (
+	tFree = iota
+	tRunnable
+	tRunning
+	tBlocked
+)
+
+const (
+	wNone = iota
+	wFutex
+	wSleep
+	wEpoll
+)
+
+type threadHdr struct {
+	tf         trapFrame
+	tid        int32
+	state      int32
+	cpu        int32
+	waitKind   int32
+	waitAddr   uintptr
+	deadline   int64 // wake-up time (nanotime), 0 = none
+	restartNr  uint64
+	clearTID   uintptr
+	sliceStart int64
+}
+
+type thread struct {
+	threadHdr
+	_     [boot.TFXSave - unsafe.Sizeof(threadHdr{})]byte
+	xsave [boot.ThreadSize - boot.TFXSave]byte
+}
+
+const timeSlice = 10_000_000 // ns a thread may run while others wait
+
+var (
+	booted  atomic.Uint32
+	bi      *boot.BootInfo
+	ncpu    int
+	threads *[boot.MaxThreads]thread
+	klock   spinlock
+
+	nthreads  int32 // highest slot index in use + 1
+	live      int32 // threads not free
+	nextTID   int32
+	curThread [boot.MaxCPUs]int32 // per CPU; -1 when idle
+
+	runq            [boot.MaxThreads]int32
+	runqHead, runqN int32
+	runqLen         atomic.Int32 // mirrors runqN for lock-free idle polling
+	nextDeadline    atomic.Int64
+	wantKick        bool
+
+	frames mm.Frames
+	pt     mm.PageTable
+	vmas   mm.VMAs
+)
+
+// kinit runs once, on vCPU 0, at the program's first system call (before
+// the Go runtime has done anything else).
+func kinit() {
+	pc := pcpu()
+	bi = (*boot.BootInfo)(ptrOf(uintptr(pc.bootInfo)))
+	ncpu = int(bi.NumCPUs)
+	threads = (*[boot.MaxThreads]thread)(ptrOf(uintptr(bi.ThreadsBase)))
+	initClock()
+	frames.Init(mm.Phys{}, uintptr(bi.FreeStart), uintptr(bi.FreeEnd))
+	pt = mm.PageTable{Root: boot.PML4Addr, Frames: &frames}
+	initMmap()
+	initFDs()
+	for c := range curThread {
+		curThread[c] = -1
+	}
+	t := &threads[0]
+	t.tid = 1
+	t.state = tRunning
+	t.sliceStart = nanotime()
+	nextTID = 2
+	nthreads = 1
+	live = 1
+	curThread[0] = 0
+	nextDeadline.Store(1<<63 - 1)
+	booted.Store(1)
+}
+
+func frameAddr(i int32) uint64 { return uint64(uintptr(unsafe.Pointer(&threads[i]))) }
+
+// enqueue makes thread i runnable. klock held.
+func enqueue(i int32) {
+	threads[i].state = tRunnable
+	runq[(runqHead+runqN)%boot.MaxThreads] = i
+	runqN++
+	runqLen.Store(runqN)
+	wantKick = true
+}
+
+func dequeue() int32 {
+	if runqN == 0 {
+		return -1
+	}
+	i := runq[runqHead]
+	runqHead = (runqHead + 1) % boot.MaxThreads
+	runqN--
+	runqLen.Store(runqN)
+	return i
+}
+
+// kunlock releases klock, then wakes one halted vCPU if work was queued.
+// The kick is a VM exit (~46 µs), so it is never done under the lock.
+func kunlock() {
+	k := wantKick
+	wantKick = false
+	klock.unlock()
+	if k {
+		kickIdle()
+	}
+}
+
+func kickIdle() {
+	self := int(pcpu().cpu)
+	for c := 0; c < ncpu; c++ {
+		if c == self {
+			continue
+		}
+		if atomic.CompareAndSwapUint64(&pcpuOf(c).halted, 1, 0) {
+			atomic.AddUint64(&stats.Kicks, 1)
+			outl(boot.HCKick, uint32(c))
+			return
+		}
+	}
+}
+
+// wake makes a blocked thread runnable with the given system-call result.
+func wake(i int32, result int64) {
+	t := &threads[i]
+	t.tf.rax = uint64(result)
+	t.waitKind = wNone
+	t.deadline = 0
+	stats.Wakeups++
+	enqueue(i)
+}
+
+// wakeRestart wakes a thread so that it re-executes its system call
+// (SYSCALL is two bytes). Used where readiness must be re-evaluated.
+func wakeRestart(i int32) {
+	t := &threads[i]
+	t.tf.rip -= 2
+	wake(i, int64(t.restartNr))
+}
+
+// block parks the current thread and runs another. klock held on entry,
+// released on return. The caller must not touch the thread afterwards.
+func block(c int, cur int32, kind int32, addr uintptr, deadline int64) {
+	t := &threads[cur]
+	t.state = tBlocked
+	t.waitKind = kind
+	t.waitAddr = addr
+	t.deadline = deadline
+	t.restartNr = t.tf.rax
+	if deadline != 0 && deadline < nextDeadline.Load() {
+		nextDeadline.Store(deadline)
+	}
+	pickNext(c)
+}
+
+// pickNext chooses the next thread for CPU c, idling until one exists.
+// klock held on entry, released on return.
+func pickNext(c int) {
+	for {
+		checkTimers(nanotime())
+		if i := dequeue(); i >= 0 {
+			run(c, i)
+			kunlock()
+			return
+		}
+		curThread[c] = -1
+		kunlock()
+		idle(c)
+		klock.lock()
+	}
+}
+
+func run(c int, i int32) {
+	t := &threads[i]
+	t.state = tRunning
+	t.cpu = int32(c)
+	t.sliceStart = nanotime()
+	curThread[c] = i
+	pcpu().curFrame = frameAddr(i)
+	stats.Switches++
+}
+
+// idle waits for work without the lock: it polls the run queue for a while
+// (a wake-up from another vCPU then costs no exit), then halts in the
+// monitor until the next timer or a kick.
+func idle(c int) {
+	pc := pcpu()
+	atomic.StoreUint64(&pc.halted, 1)
+	start := rdtsc()
+	spin := bi.TSCKHz * 50 / 1000 // 50 µs
+	for rdtsc()-start < spin {
+		if runqLen.Load() > 0 || nanotime() >= nextDeadline.Load() {
+			atomic.StoreUint64(&pc.halted, 0)
+			return
+		}
+		cpuPause()
+	}
+	if atomic.LoadUint64(&pc.halted) == 0 {
+		return // kicked while spinning
+	}
+	d := nextDeadline.Load()
+	if d == 1<<63-1 {
+		d = 0
+	}
+	stats.Halts++
+	pc.hcArgs[0] = uint64(d)
+	outl(boot.HCHalt, 0)
+	atomic.StoreUint64(&pc.halted, 0)
+}
+
+// checkTimers wakes threads whose deadline passed. klock held.
+func checkTimers(now int64) {
+	if now < nextDeadline.Load() {
+		return
+	}
+	next := int64(1<<63 - 1)
+	for i := int32(0); i < nthreads; i++ {
+		t := &threads[i]
+		if t.state != tBlocked || t.deadline == 0 {
+			continue
+		}
+		if t.deadline <= now {
+			switch t.waitKind {
+			case wFutex:
+				wake(i, -_ETIMEDOUT)
+			default:
+				wake(i, 0)
+			}
+			continue
+		}
+		if t.deadline < next {
+			next = t.deadline
+		}
+	}
+	nextDeadline.Store(next)
+}
+
+func allocThread() int32 {
+	for i := int32(1); i < boot.MaxThreads; i++ {
+		if threads[i].state == tFree {
+			if i >= nthreads {
+				nthreads = i + 1
+			}
+			live++
+			return i
+		}
+	}
+	return -1
+}
+
+// preemptCheck runs before returning to a thread: it takes a deferred tick
+// and enforces the time slice at system-call boundaries, so a thread that
+// spins on non-blocking system calls cannot starve the others.
+func preemptCheck(c int, force bool) {
+	pc := pcpu()
+	tick := atomic.SwapUint64(&pc.tickPend, 0) != 0
+	cur := curThread[c]
+	now := nanotime()
+	if !force && !tick && now < nextDeadline.Load() &&
+		(runqLen.Load() == 0 || now-threads[cur].sliceStart < timeSlice) {
+		return
+	}
+	klock.lock()
+	checkTimers(now)
+	if runqN > 0 && (force || tick || now-threads[cur].sliceStart >= timeSlice) {
+		stats.Preempts++
+		enqueue(cur)
+		pickNext(c)
+		return
+	}
+	kunlock()
+}

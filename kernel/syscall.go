@@ -1,0 +1,480 @@
+package kernel
+
+// Linux system calls as the Go runtime, os and syscall packages make them.
+// Constraints: trap context (cpu.go). The program's memory is reached
+// directly (one address space); pointers are checked against the null
+// guard only, so a wild pointer passed to a system call faults in the
+// kernel and is reported rather than returned as EFAULT.
+
+import (
+	"sync/atomic"
+	"unsafe"
+
+	"github.com/cumulusdb/cumulus/kernel/boot"
+)
+
+const (
+	_EPERM     = 1
+	_ENOENT    = 2
+	_EINTR     = 4
+	_EBADF     = 9
+	_EAGAIN    = 11
+	_ENOMEM    = 12
+	_EFAULT    = 14
+	_EEXIST    = 17
+	_ENODEV    = 19
+	_EINVAL    = 22
+	_EMFILE    = 24
+	_ENOTTY    = 25
+	_ENOSYS    = 38
+	_ETIMEDOUT = 110
+)
+
+// Linux x86-64 system call numbers used here.
+const (
+	sysRead           = 0
+	sysWrite          = 1
+	sysOpen           = 2
+	sysClose          = 3
+	sysStat           = 4
+	sysFstat          = 5
+	sysLstat          = 6
+	sysMmap           = 9
+	sysMprotect       = 10
+	sysMunmap         = 11
+	sysBrk            = 12
+	sysRtSigaction    = 13
+	sysRtSigprocmask  = 14
+	sysIoctl          = 16
+	sysPread64        = 17
+	sysWritev         = 20
+	sysAccess         = 21
+	sysSchedYield     = 24
+	sysMadvise        = 28
+	sysNanosleep      = 35
+	sysGetpid         = 39
+	sysClone          = 56
+	sysExit           = 60
+	sysKill           = 62
+	sysUname          = 63
+	sysFcntl          = 72
+	sysGetcwd         = 79
+	sysReadlink       = 89
+	sysGettimeofday   = 96
+	sysGetrlimit      = 97
+	sysGetuid         = 102
+	sysGetgid         = 104
+	sysGeteuid        = 107
+	sysGetegid        = 108
+	sysGetppid        = 110
+	sysGetpgrp        = 111
+	sysSigaltstack    = 131
+	sysArchPrctl      = 158
+	sysSetrlimit      = 160
+	sysGettid         = 186
+	sysTkill          = 200
+	sysTime           = 201
+	sysFutex          = 202
+	sysSchedSetaff    = 203
+	sysSchedGetaff    = 204
+	sysEpollCreate    = 213
+	sysGetdents64     = 217
+	sysSetTidAddress  = 218
+	sysClockGettime   = 228
+	sysClockGetres    = 229
+	sysClockNanosleep = 230
+	sysExitGroup      = 231
+	sysEpollWait      = 232
+	sysEpollCtl       = 233
+	sysTgkill         = 234
+	sysOpenat         = 257
+	sysNewfstatat     = 262
+	sysReadlinkat     = 267
+	sysFaccessat      = 269
+	sysSetRobustList  = 273
+	sysEpollPwait     = 281
+	sysEventfd        = 284
+	sysEventfd2       = 290
+	sysEpollCreate1   = 291
+	sysPipe2          = 293
+	sysPrlimit64      = 302
+	sysGetrandom      = 318
+	sysStatx          = 332
+	sysRseq           = 334
+	sysFaccessat2     = 439
+)
+
+func u32(a uintptr) *uint32 { return (*uint32)(ptrOf(a)) }
+func u64(a uintptr) *uint64 { return (*uint64)(ptrOf(a)) }
+func i32(a uintptr) *int32  { return (*int32)(ptrOf(a)) }
+
+func ubytes(a, n uintptr) []byte { return unsafe.Slice((*byte)(ptrOf(a)), n) }
+
+func badPtr(a uintptr) bool { return a < boot.NullGuardEnd }
+
+func dispatch(c int, cur int32, t *thread, nr uint64) int64 {
+	a0, a1, a2, a3, a4, a5 := uintptr(t.tf.rdi), uintptr(t.tf.rsi), uintptr(t.tf.rdx), uintptr(t.tf.r10), uintptr(t.tf.r8), uintptr(t.tf.r9)
+	switch nr {
+	case sysWrite:
+		return sysWriteFD(c, cur, int(a0), a1, a2)
+	case sysWritev:
+		return sysWritevFD(c, cur, int(a0), a1, int(a2))
+	case sysRead:
+		return sysReadFD(int(a0), a1, a2)
+	case sysClose:
+		return closeFD(int(a0))
+	case sysMmap:
+		return sysMmapImpl(a0, a1, a2, a3, int32(a4), a5)
+	case sysMunmap:
+		return sysMunmapImpl(a0, a1)
+	case sysMadvise:
+		return sysMadviseImpl(a0, a1, int(a2))
+	case sysMprotect:
+		return 0
+	case sysBrk:
+		return 0
+	case sysArchPrctl:
+		switch a0 {
+		case 0x1002: // ARCH_SET_FS
+			t.tf.fsbase = uint64(a1)
+			return 0
+		case 0x1003: // ARCH_GET_FS
+			*u64(a1) = t.tf.fsbase
+			return 0
+		}
+		return -_EINVAL
+	case sysGettid:
+		return int64(t.tid)
+	case sysGetpid, sysGetpgrp:
+		return 1
+	case sysGetppid:
+		return 0
+	case sysGetuid, sysGetgid, sysGeteuid, sysGetegid:
+		return 0
+	case sysSetTidAddress:
+		t.clearTID = a0
+		return int64(t.tid)
+	case sysSetRobustList:
+		return 0
+	case sysRtSigaction:
+		if a2 != 0 {
+			clear(ubytes(a2, 32))
+		}
+		return 0
+	case sysRtSigprocmask:
+		if a2 != 0 {
+			clear(ubytes(a2, 8))
+		}
+		return 0
+	case sysSigaltstack:
+		if a1 != 0 {
+			clear(ubytes(a1, 24))
+			*i32(a1 + 8) = 2 // SS_DISABLE
+		}
+		return 0
+	case sysKill, sysTkill, sysTgkill:
+		// Signals are not delivered yet; the runtime only sends SIGURG for
+		// asynchronous preemption, which degrades to cooperative preemption.
+		atomic.AddUint64(&stats.SignalsLost, 1)
+		return 0
+	case sysSchedGetaff:
+		if a1 < 8 {
+			return -_EINVAL
+		}
+		clear(ubytes(a2, a1))
+		*u64(a2) = 1<<uint(ncpu) - 1
+		return 8
+	case sysSchedSetaff:
+		return 0
+	case sysSchedYield:
+		klock.lock()
+		if runqN == 0 {
+			klock.unlock()
+			return 0
+		}
+		t.tf.rax = 0
+		enqueue(cur)
+		pickNext(c)
+		return blocked
+	case sysFutex:
+		return sysFutexImpl(c, cur, a0, int(a1), uint32(a2), a3)
+	case sysNanosleep:
+		return sleepRel(c, cur, a0)
+	case sysClockNanosleep:
+		if a1&1 != 0 { // TIMER_ABSTIME
+			d := tsNanos(a2)
+			if a0 == 0 { // CLOCK_REALTIME
+				d -= bootUnix
+			}
+			klock.lock()
+			block(c, cur, wSleep, 0, d)
+			return blocked
+		}
+		return sleepRel(c, cur, a2)
+	case sysClockGettime:
+		var ns int64
+		if a0 == 0 || a0 == 8 || a0 == 5 { // REALTIME, REALTIME_ALARM, REALTIME_COARSE
+			ns = realtime()
+		} else {
+			ns = nanotime()
+		}
+		*u64(a1) = uint64(ns / 1e9)
+		*u64(a1 + 8) = uint64(ns % 1e9)
+		return 0
+	case sysClockGetres:
+		if a1 != 0 {
+			*u64(a1) = 0
+			*u64(a1 + 8) = 1
+		}
+		return 0
+	case sysGettimeofday:
+		ns := realtime()
+		if a0 != 0 {
+			*u64(a0) = uint64(ns / 1e9)
+			*u64(a0 + 8) = uint64(ns % 1e9 / 1000)
+		}
+		return 0
+	case sysTime:
+		s := realtime() / 1e9
+		if a0 != 0 {
+			*u64(a0) = uint64(s)
+		}
+		return s
+	case sysClone:
+		return sysCloneImpl(cur, a0, a1, a2, a3, a4)
+	case sysExit:
+		exitThread(c, cur)
+		return blocked
+	case sysExitGroup:
+		for {
+			outl(boot.HCExit, uint32(a0))
+		}
+	case sysUname:
+		uname(a0)
+		return 0
+	case sysGetrlimit:
+		return rlimit(int(a0), a1)
+	case sysPrlimit64:
+		if a3 != 0 {
+			return rlimit(int(a1), a3)
+		}
+		return 0
+	case sysSetrlimit:
+		return 0
+	case sysGetrandom:
+		getrandom(a0, a1)
+		return int64(a1)
+	case sysFcntl:
+		return fcntl(int(a0), int(a1))
+	case sysFstat:
+		return fstat(int(a0), a1)
+	case sysNewfstatat:
+		if a1 != 0 && *(*byte)(ptrOf(a1)) == 0 && a3&0x1000 != 0 { // AT_EMPTY_PATH
+			return fstat(int(a0), a2)
+		}
+		return -_ENOENT
+	case sysIoctl:
+		return -_ENOTTY
+	case sysOpen, sysOpenat, sysStat, sysLstat, sysAccess, sysFaccessat, sysFaccessat2,
+		sysReadlink, sysReadlinkat, sysStatx:
+		// No file system in the image yet.
+		return -_ENOENT
+	case sysGetdents64, sysPread64:
+		return -_EBADF
+	case sysGetcwd:
+		if a1 < 2 {
+			return -_EINVAL
+		}
+		b := ubytes(a0, 2)
+		b[0], b[1] = '/', 0
+		return 2
+	case sysEpollCreate, sysEpollCreate1:
+		return epollCreate()
+	case sysEpollCtl:
+		return epollCtl(int(a0), int(a1), int(a2), a3)
+	case sysEpollWait, sysEpollPwait:
+		return epollWait(c, cur, int(a0), a1, int(a2), int(int32(a3)))
+	case sysEventfd, sysEventfd2:
+		return eventfdCreate(uint64(a0))
+	case sysPipe2, sysRseq:
+		return -_ENOSYS
+	}
+	atomic.AddUint64(&stats.Unknown, 1)
+	return -_ENOSYS
+}
+
+func tsNanos(a uintptr) int64 { return int64(*u64(a))*1e9 + int64(*u64(a + 8)) }
+
+func sleepRel(c int, cur int32, ts uintptr) int64 {
+	d := tsNanos(ts)
+	if d <= 0 {
+		return 0
+	}
+	klock.lock()
+	block(c, cur, wSleep, 0, nanotime()+d)
+	return blocked
+}
+
+func sysFutexImpl(c int, cur int32, addr uintptr, op int, val uint32, ts uintptr) int64 {
+	if badPtr(addr) || addr&3 != 0 {
+		return -_EINVAL
+	}
+	switch op & 0x7f {
+	case 0, 9: // FUTEX_WAIT, FUTEX_WAIT_BITSET
+		var deadline int64
+		if ts != 0 {
+			d := tsNanos(ts)
+			if op&0x7f == 9 {
+				deadline = d // absolute, CLOCK_MONOTONIC
+			} else {
+				deadline = nanotime() + d
+			}
+			if deadline <= 0 {
+				deadline = 1
+			}
+		}
+		klock.lock()
+		if atomic.LoadUint32(u32(addr)) != val {
+			klock.unlock()
+			return -_EAGAIN
+		}
+		block(c, cur, wFutex, addr, deadline)
+		return blocked
+	case 1, 10: // FUTEX_WAKE, FUTEX_WAKE_BITSET
+		klock.lock()
+		n := futexWake(addr, int(val))
+		kunlock()
+		return int64(n)
+	}
+	return -_ENOSYS
+}
+
+// futexWake wakes up to n threads waiting on addr. klock held.
+func futexWake(addr uintptr, n int) int {
+	woken := 0
+	for i := int32(0); i < nthreads && woken < n; i++ {
+		t := &threads[i]
+		if t.state == tBlocked && t.waitKind == wFutex && t.waitAddr == addr {
+			wake(i, 0)
+			woken++
+		}
+	}
+	return woken
+}
+
+const (
+	cloneVM            = 0x100
+	cloneVfork         = 0x4000
+	cloneSetTLS        = 0x80000
+	cloneParentSetTID  = 0x100000
+	cloneChildClearTID = 0x200000
+	cloneChildSetTID   = 0x1000000
+)
+
+func sysCloneImpl(cur int32, flags, stack, ptid, ctid, tls uintptr) int64 {
+	if flags&cloneVM == 0 || flags&cloneVfork != 0 {
+		return -_ENOSYS // one address space: no fork, no exec
+	}
+	klock.lock()
+	i := allocThread()
+	if i < 0 {
+		klock.unlock()
+		return -_EAGAIN
+	}
+	nt := &threads[i]
+	parent := &threads[cur]
+	nt.tf = parent.tf
+	nt.tf.rax = 0
+	nt.tf.kind = 0
+	if stack != 0 {
+		nt.tf.rsp = uint64(stack)
+	}
+	if flags&cloneSetTLS != 0 {
+		nt.tf.fsbase = uint64(tls)
+	}
+	nt.tid = nextTID
+	nextTID++
+	nt.clearTID = 0
+	nt.waitKind = wNone
+	nt.deadline = 0
+	if flags&cloneParentSetTID != 0 && !badPtr(ptid) {
+		*i32(ptid) = nt.tid
+	}
+	if flags&cloneChildSetTID != 0 && !badPtr(ctid) {
+		*i32(ctid) = nt.tid
+	}
+	if flags&cloneChildClearTID != 0 {
+		nt.clearTID = ctid
+	}
+	tid := nt.tid
+	enqueue(i)
+	kunlock()
+	return int64(tid)
+}
+
+func exitThread(c int, cur int32) {
+	klock.lock()
+	t := &threads[cur]
+	if t.clearTID != 0 && !badPtr(t.clearTID) {
+		*i32(t.clearTID) = 0
+		futexWake(t.clearTID, 1)
+	}
+	t.state = tFree
+	live--
+	if live == 0 {
+		klock.unlock()
+		for {
+			outl(boot.HCExit, 0)
+		}
+	}
+	curThread[c] = -1
+	pickNext(c)
+}
+
+func rlimit(res int, out uintptr) int64 {
+	if out == 0 {
+		return 0
+	}
+	cur, max := ^uint64(0), ^uint64(0)
+	switch res {
+	case 7: // RLIMIT_NOFILE
+		cur, max = maxFDs, maxFDs
+	case 3: // RLIMIT_STACK
+		cur = boot.MainStackSize
+	}
+	*u64(out) = cur
+	*u64(out + 8) = max
+	return 0
+}
+
+func uname(a uintptr) {
+	b := ubytes(a, 65*6)
+	clear(b)
+	copy(b[0:], "Linux")
+	copy(b[65:], "cumulus")
+	copy(b[130:], "6.1.0-cumulus")
+	copy(b[195:], "#1 SMP CumulusDB")
+	copy(b[260:], "x86_64")
+	copy(b[325:], "(none)")
+}
+
+var rngState uint64
+
+func getrandom(a, n uintptr) {
+	b := ubytes(a, n)
+	for i := 0; i < len(b); {
+		v, ok := rdrand()
+		if !ok {
+			// xorshift over the TSC: weak, only if RDRAND is unavailable.
+			rngState ^= rdtsc()
+			rngState ^= rngState << 13
+			rngState ^= rngState >> 7
+			rngState ^= rngState << 17
+			v = rngState
+		}
+		for k := 0; k < 8 && i < len(b); k++ {
+			b[i] = byte(v >> (8 * k))
+			i++
+		}
+	}
+}
