@@ -39,6 +39,8 @@ func percpuAddr() uintptr
 func rdtsc() uint64
 func rdrand() (uint64, bool)
 func cpuPause()
+func vdsoClockGettime()
+func vdsoGettimeofday()
 
 // perCPU mirrors the per-CPU block of kernel/boot (GS base points at it).
 type perCPU struct {
@@ -76,11 +78,7 @@ var (
 
 func initClock() {
 	bootTSC = bi.BootTSC
-	khz := bi.TSCKHz
-	if khz == 0 {
-		khz = 1_000_000
-	}
-	tscMult = (1_000_000 << 32) / khz
+	tscMult = bi.TSCMult
 	bootUnix = int64(bi.BootUnixNano)
 }
 
@@ -150,7 +148,7 @@ var stats kstats
 
 // Entries keeps the assembly entry points alive through the linker's dead
 // code elimination: only the monitor jumps to them. kmain references it.
-var Entries = [...]func(){syscallEntry, tickEntry, apEntry, resume,
+var Entries = [...]func(){syscallEntry, tickEntry, apEntry, resume, vdsoClockGettime, vdsoGettimeofday,
 	fault0, fault1, fault2, fault3, fault4, fault5, fault6, fault7,
 	fault8, fault9, fault10, fault11, fault12, fault13, fault14, fault15,
 	fault16, fault17, fault18, fault19, fault20, fault21, fault22, fault23,

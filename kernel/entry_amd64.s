@@ -374,3 +374,61 @@ TEXT ·fault31(SB),NOSPLIT|NOFRAME,$0
 	PUSHQ $31
 	JMP faultCommon<>(SB)
 
+
+// vdsoClockGettime is __vdso_clock_gettime (C ABI: DI = clock id, SI =
+// *timespec; may clobber AX CX DX SI DI R8-R11). It runs in the program's
+// context, not the kernel's: it only reads the TSC and the boot page, so
+// time.Now costs no kernel entry.
+#define BOOTINFO 0x280000
+TEXT ·vdsoClockGettime(SB),NOSPLIT|NOFRAME,$0
+	MOVQ SI, R8
+	MOVQ $BOOTINFO, R9
+	RDTSC
+	SHLQ $32, DX
+	ORQ DX, AX
+	SUBQ 64(R9), AX        // BootTSC
+	MULQ 104(R9)           // TSCMult: DX:AX = delta * mult
+	SHRQ $32, AX
+	SHLQ $32, DX
+	ORQ DX, AX             // AX = ns since boot
+	CMPQ DI, $0            // CLOCK_REALTIME
+	JEQ real
+	CMPQ DI, $5            // CLOCK_REALTIME_COARSE
+	JEQ real
+	CMPQ DI, $8            // CLOCK_REALTIME_ALARM
+	JNE split
+real:
+	ADDQ 72(R9), AX        // BootUnixNano
+split:
+	XORL DX, DX
+	MOVQ $1000000000, CX
+	DIVQ CX
+	MOVQ AX, 0(R8)
+	MOVQ DX, 8(R8)
+	XORL AX, AX
+	RET
+
+// vdsoGettimeofday is __vdso_gettimeofday (DI = *timeval, SI = *timezone).
+TEXT ·vdsoGettimeofday(SB),NOSPLIT|NOFRAME,$0
+	MOVQ DI, R8
+	MOVQ $BOOTINFO, R9
+	RDTSC
+	SHLQ $32, DX
+	ORQ DX, AX
+	SUBQ 64(R9), AX
+	MULQ 104(R9)
+	SHRQ $32, AX
+	SHLQ $32, DX
+	ORQ DX, AX
+	ADDQ 72(R9), AX
+	XORL DX, DX
+	MOVQ $1000000000, CX
+	DIVQ CX
+	MOVQ AX, 0(R8)
+	MOVQ DX, AX
+	XORL DX, DX
+	MOVQ $1000, CX
+	DIVQ CX
+	MOVQ AX, 8(R8)
+	XORL AX, AX
+	RET

@@ -69,6 +69,7 @@ const (
 	sysGetppid        = 110
 	sysGetpgrp        = 111
 	sysSigaltstack    = 131
+	sysPrctl          = 157
 	sysArchPrctl      = 158
 	sysSetrlimit      = 160
 	sysGettid         = 186
@@ -296,6 +297,8 @@ func dispatch(c int, cur int32, t *thread, nr uint64) int64 {
 		return epollWait(c, cur, int(a0), a1, int(a2), int(int32(a3)))
 	case sysEventfd, sysEventfd2:
 		return eventfdCreate(uint64(a0))
+	case sysPrctl:
+		return -_EINVAL
 	case sysPipe2, sysRseq:
 		return -_ENOSYS
 	}

@@ -79,7 +79,7 @@ func (v *vcpu) fault(vector int, frameVA, errcode uint64, inKernel bool) {
 		fmt.Fprintf(&w, "  at %s\n", m.symbolize(rip))
 		names := []string{"rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rip", "rsp", "rflags", "fsbase"}
 		for i, n := range names {
-			fmt.Fprintf(&w, "  %-6s %#018x", n, r(i))
+			fmt.Fprintf(&w, "  %-6s 0x%016x", n, r(i))
 			if i%4 == 3 {
 				w.WriteString("\n")
 			}

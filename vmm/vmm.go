@@ -58,23 +58,23 @@ type Result struct {
 
 // Stats are counts from the monitor and the kernel for one run.
 type Stats struct {
-	Wall           time.Duration
-	BootToFirstSys time.Duration // monitor start → the program's first system call
-	Exits          uint64        // all VM exits
-	HypercallExits map[string]uint64
-	IntrExits      uint64
-	TicksDelivered uint64
-	TicksDeferred  uint64
-	Syscalls       uint64 // kernel entries by SYSCALL
-	SyscallsByNr   map[int]uint64
-	UnknownSyscall uint64
-	Switches       uint64
-	Preempts       uint64
-	Halts          uint64
-	Kicks          uint64
-	SignalsLost    uint64
-	FramesUsed     uint64
-	PTWrites       uint64
+	Wall              time.Duration
+	StartToFirstWrite time.Duration // monitor start → the program's first console write
+	Exits             uint64        // all VM exits
+	HypercallExits    map[string]uint64
+	IntrExits         uint64
+	TicksDelivered    uint64
+	TicksDeferred     uint64
+	Syscalls          uint64 // kernel entries by SYSCALL
+	SyscallsByNr      map[int]uint64
+	UnknownSyscall    uint64
+	Switches          uint64
+	Preempts          uint64
+	Halts             uint64
+	Kicks             uint64
+	SignalsLost       uint64
+	FramesUsed        uint64
+	PTWrites          uint64
 }
 
 // ErrTimeout is returned when the guest outlived Config.Timeout.
@@ -316,7 +316,9 @@ func (m *machine) setup(img *Image) error {
 		PerCPUBase: l.perCPU, ThreadsBase: l.threads,
 		TSCKHz: tscKHz, BootTSC: m.bootTSC, BootUnixNano: uint64(now.UnixNano()),
 		ImageEnd: imageEnd, MainStackTop: l.mainStack + boot.MainStackSize,
+		TSCMult: (1_000_000 << 32) / max(tscKHz, 1),
 	}
+	m.buildVDSO()
 	copy(m.mem[boot.BootInfoAddr:], unsafe.Slice((*byte)(unsafe.Pointer(&biv)), unsafe.Sizeof(biv)))
 	return nil
 }
@@ -446,7 +448,7 @@ func (m *machine) buildStack(pf *elf.File) uint64 {
 	if phdr != 0 {
 		aux = append(aux, [2]uint64{3, phdr}, [2]uint64{4, 56}, [2]uint64{5, uint64(len(pf.Progs))})
 	}
-	aux = append(aux, [2]uint64{9, pf.Entry}, [2]uint64{0, 0})
+	aux = append(aux, [2]uint64{9, pf.Entry}, [2]uint64{33, boot.VDSOAddr}, [2]uint64{0, 0})
 	words := []uint64{uint64(len(argv))}
 	words = append(words, argv...)
 	words = append(words, 0)
@@ -785,14 +787,14 @@ func (m *machine) read64(va uint64) (uint64, bool) {
 
 func (m *machine) collectStats() Stats {
 	s := Stats{
-		Wall:           time.Since(m.start),
-		BootToFirstSys: time.Duration(m.firstSC.Load()),
-		Exits:          m.exits.Load(),
-		IntrExits:      m.intrExits.Load(),
-		TicksDelivered: m.ticks.Load(),
-		TicksDeferred:  m.deferred.Load(),
-		HypercallExits: map[string]uint64{},
-		SyscallsByNr:   map[int]uint64{},
+		Wall:              time.Since(m.start),
+		StartToFirstWrite: time.Duration(m.firstSC.Load()),
+		Exits:             m.exits.Load(),
+		IntrExits:         m.intrExits.Load(),
+		TicksDelivered:    m.ticks.Load(),
+		TicksDeferred:     m.deferred.Load(),
+		HypercallExits:    map[string]uint64{},
+		SyscallsByNr:      map[int]uint64{},
 	}
 	for i, name := range []string{"write", "exit", "halt", "kick", "fault", "flush", "stats", "debug"} {
 		if c := m.hcCount[i].Load(); c != 0 {

@@ -114,7 +114,15 @@ type BootInfo struct {
 	ImageEnd     uint64
 	MainStackTop uint64
 	Flags        uint64
+	TSCMult      uint64 // ns = (tsc - BootTSC) * TSCMult >> 32 (read by the vDSO)
 }
+
+// Offsets in BootInfo read by the vDSO clock (entry_amd64.s).
+const (
+	BIOffBootTSC  = 64
+	BIOffBootUnix = 72
+	BIOffTSCMult  = 104
+)
 
 // Magic identifies a valid BootInfo.
 const Magic = 0x43756d756c757331 // "Cumulus1"
@@ -162,4 +170,5 @@ const (
 	SymResume       = SymPrefix + "resume.abi0"
 	SymFaultPrefix  = SymPrefix + "fault"
 	SymVDSOClock    = SymPrefix + "vdsoClockGettime.abi0"
+	SymVDSOTOD      = SymPrefix + "vdsoGettimeofday.abi0"
 )

@@ -1,0 +1,190 @@
+// Command guest exercises the Go runtime inside an image: each argument
+// names a check; it prints "ok NAME" per check and exits non-zero on the
+// first failure. The vmm tests boot it.
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"math/big"
+	"os"
+	"runtime"
+	"runtime/debug"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+func main() {
+	for _, a := range os.Args[1:] {
+		name, arg, _ := strings.Cut(a, "=")
+		if err := run(name, arg); err != nil {
+			fmt.Fprintf(os.Stderr, "FAIL %s: %v\n", name, err)
+			os.Exit(1)
+		}
+		fmt.Println("ok", name)
+	}
+}
+
+func run(name, arg string) error {
+	switch name {
+	case "args":
+		if arg != strings.Join(os.Args[1:], ",") && arg != "" {
+			return fmt.Errorf("args %q", os.Args)
+		}
+		if os.Getenv("CUMULUS_TEST_ENV") != "yes" {
+			return fmt.Errorf("environment not passed: %q", os.Getenv("CUMULUS_TEST_ENV"))
+		}
+	case "goroutines":
+		var wg sync.WaitGroup
+		ch := make(chan int)
+		var sum atomic.Int64
+		for i := 0; i < 1000; i++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for v := range ch {
+					sum.Add(int64(v))
+				}
+			}()
+		}
+		for i := 1; i <= 100000; i++ {
+			ch <- i
+		}
+		close(ch)
+		wg.Wait()
+		if sum.Load() != 100000*100001/2 {
+			return fmt.Errorf("sum %d", sum.Load())
+		}
+	case "timers":
+		start := time.Now()
+		var wg sync.WaitGroup
+		for i := 0; i < 100; i++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				time.Sleep(time.Duration(i%10) * time.Millisecond)
+			}()
+		}
+		wg.Wait()
+		t := time.NewTimer(20 * time.Millisecond)
+		select {
+		case <-t.C:
+		case <-time.After(5 * time.Second):
+			return fmt.Errorf("timer did not fire")
+		}
+		if el := time.Since(start); el < 20*time.Millisecond || el > 5*time.Second {
+			return fmt.Errorf("elapsed %v", el)
+		}
+		tk := time.NewTicker(time.Millisecond)
+		for i := 0; i < 10; i++ {
+			<-tk.C
+		}
+		tk.Stop()
+	case "gc":
+		// Allocate 3 GiB in total (more than the guest's RAM) while keeping
+		// a small live set that must survive intact.
+		keep := make([][]byte, 64)
+		for i := 0; i < 3<<30>>20; i++ {
+			b := make([]byte, 1<<20)
+			b[0], b[len(b)-1] = byte(i), byte(i>>8)
+			keep[i%64] = b
+		}
+		for _, b := range keep {
+			if b == nil || len(b) != 1<<20 {
+				return fmt.Errorf("live data lost")
+			}
+		}
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		if ms.NumGC == 0 {
+			return fmt.Errorf("no GC ran")
+		}
+		debug.FreeOSMemory()
+		m := map[int]string{}
+		for i := 0; i < 200000; i++ {
+			m[i] = strconv.Itoa(i)
+		}
+		for i := 0; i < 200000; i += 997 {
+			if m[i] != strconv.Itoa(i) {
+				return fmt.Errorf("map corrupted at %d", i)
+			}
+		}
+	case "mutex":
+		var mu sync.Mutex
+		n := 0
+		var wg sync.WaitGroup
+		for g := 0; g < 8; g++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := 0; i < 100000; i++ {
+					mu.Lock()
+					n++
+					mu.Unlock()
+				}
+			}()
+		}
+		wg.Wait()
+		if n != 800000 {
+			return fmt.Errorf("n=%d", n)
+		}
+	case "panic":
+		got := func() (r any) {
+			defer func() { r = recover() }()
+			var s []int
+			_ = s[len(os.Args)+5]
+			return nil
+		}()
+		if got == nil || !strings.Contains(fmt.Sprint(got), "index out of range") {
+			return fmt.Errorf("recover got %v", got)
+		}
+	case "stdlib":
+		x := new(big.Int).Exp(big.NewInt(3), big.NewInt(1000), nil)
+		if len(x.String()) != 478 {
+			return fmt.Errorf("big: %d digits", len(x.String()))
+		}
+		b, _ := json.Marshal(map[string][]int{"a": {3, 1, 2}})
+		var v map[string][]int
+		json.Unmarshal(b, &v)
+		sort.Ints(v["a"])
+		if fmt.Sprint(v) != "map[a:[1 2 3]]" {
+			return fmt.Errorf("json/sort: %v", v)
+		}
+	case "compute":
+		// Work split over GOMAXPROCS goroutines; prints its duration.
+		n, _ := strconv.Atoi(arg)
+		if n == 0 {
+			n = 400_000_000
+		}
+		p := runtime.GOMAXPROCS(0)
+		start := time.Now()
+		var wg sync.WaitGroup
+		res := make([]uint64, p)
+		for g := 0; g < p; g++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				x := uint64(g + 1)
+				for i := 0; i < n/p; i++ {
+					x = x*6364136223846793005 + 1442695040888963407
+				}
+				res[g] = x
+			}()
+		}
+		wg.Wait()
+		fmt.Printf("compute procs=%d seconds=%.4f\n", p, time.Since(start).Seconds())
+	case "nil":
+		var p *int
+		fmt.Println(*p)
+	case "exit":
+		code, _ := strconv.Atoi(arg)
+		os.Exit(code)
+	default:
+		return fmt.Errorf("unknown check %q", name)
+	}
+	return nil
+}
