@@ -751,3 +751,14 @@ func (p *Pool) FlushAll() error {
 	}
 	return nil
 }
+
+// StampPID records a page's own id in its header (redo of page images).
+func StampPID(page []byte, pid PID) { binary.LittleEndian.PutUint64(page[offPID:], uint64(pid)) }
+
+// SetChecksum stores a page's checksum (for pages written outside the pool).
+func SetChecksum(page []byte) {
+	binary.LittleEndian.PutUint32(page[offChecksum:], Checksum(page))
+}
+
+// Capacity returns the number of pages that may be resident at once.
+func (p *Pool) Capacity() uint64 { return uint64(p.poolSize) }

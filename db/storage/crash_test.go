@@ -33,13 +33,13 @@ var quietLogger = slog.New(slog.NewTextHandler(io.Discard, nil))
 
 const (
 	crashWriters = 3
-	crashKeys    = 600 // keys per writer
+	crashKeys    = 2500 // keys per writer
 )
 
 func crashOptions() *storage.Options {
 	// A pool far smaller than the data and a small log ring, so eviction
 	// and checkpoints happen all the time.
-	return &storage.Options{PoolSize: 64 * 4096, WALSize: 1 << 20, MaxSize: 1 << 30, Logger: quietLogger}
+	return &storage.Options{PoolSize: 160 * 4096, WALSize: 1 << 20, MaxSize: 1 << 30, Logger: quietLogger}
 }
 
 // crashTxn returns the operations of writer w's transaction j: key index ->

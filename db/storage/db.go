@@ -81,7 +81,7 @@ var (
 	ErrTableExists = errors.New("storage: table exists")
 	ErrTxDone      = errors.New("storage: transaction already committed or rolled back")
 	ErrReadOnly    = errors.New("storage: write in a read-only transaction")
-	ErrTxTooLarge  = errors.New("storage: transaction too large for the log")
+	ErrTxTooLarge  = errors.New("storage: transaction too large for the log or the buffer pool")
 	ErrClosed      = errors.New("storage: database closed")
 )
 
@@ -221,7 +221,9 @@ func (db *DB) open() error {
 // a zeroed start of the log ring.
 func (db *DB) format() (superblock, error) {
 	walSize := uint64(db.opts.WALSize) &^ (wal.BlockSize - 1)
-	sb := superblock{gen: 1, walSize: walSize, epoch: rand.Uint32() | 1, nextPID: uint64(catalogRoot) + 1}
+	// The log starts at LSN BlockSize, not 0: page LSN 0 means "no record
+	// applied", so no record may have LSN 0.
+	sb := superblock{gen: 1, walSize: walSize, ckLSN: wal.BlockSize, epoch: rand.Uint32() | 1, nextPID: uint64(catalogRoot) + 1}
 	if err := db.dev.Grow(sb.dataOff() + 2*buffer.PageSize); err != nil {
 		return sb, fmt.Errorf("storage: format: %w", err)
 	}

@@ -374,9 +374,17 @@ func (tx *Tx) Commit() error {
 			bytes += wal.HeaderSize + 18 + len(k) + len(w.val) + tsSize
 		}
 	}
-	logNeed := uint64(bytes) + uint64(nPuts/8+2+2*len(tx.creates))*3*(buffer.PageSize+wal.HeaderSize+8)
-	if logNeed > db.log.Capacity()/4 {
+	// Splits log three page images each; a leaf splits about once per half
+	// page of inserted data.
+	splits := uint64(bytes/(buffer.PageSize/2) + 2 + 2*len(tx.creates))
+	logNeed := uint64(bytes) + splits*3*(buffer.PageSize+wal.HeaderSize+8)
+	if logNeed > db.log.Capacity()/2 {
 		return fmt.Errorf("storage: commit: %d writes need ~%d log bytes, ring is %d: %w", nPuts, logNeed, db.log.Capacity(), ErrTxTooLarge)
+	}
+	// Pages a transaction modifies stay pinned until its group is complete,
+	// so a transaction must fit in the pool with room to spare.
+	if pin := uint64(nPuts + 16 + 2*len(tx.creates)); pin > db.pool.Capacity() {
+		return fmt.Errorf("storage: commit: %d writes may pin %d pages, pool holds %d: %w", nPuts, pin, db.pool.Capacity(), ErrTxTooLarge)
 	}
 	for {
 		if err := db.waitLogSpace(logNeed); err != nil {

@@ -327,3 +327,6 @@ func (l *Log) Close() error {
 	l.cond.Broadcast()
 	return l.err
 }
+
+// CompleteLSN returns the end of the last complete group.
+func (l *Log) CompleteLSN() uint64 { return l.complete.Load() }
