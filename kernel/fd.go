@@ -15,21 +15,27 @@ const (
 	fdConsole
 	fdEventfd
 	fdEpoll
+	fdPipeR
+	fdPipeW
 )
 
 const maxEpollWatch = 16
 
 type epollWatch struct {
-	fd     int32
-	events uint32
-	data   uint64
+	fd      int32
+	events  uint32
+	data    uint64
+	lastGen uint64 // fd generation last reported (edge-triggered watches)
 }
 
 type fdEntry struct {
-	kind   int32
-	nwatch int32
-	count  uint64 // eventfd counter
-	watch  [maxEpollWatch]epollWatch
+	kind     int32
+	nwatch   int32
+	nonblock bool
+	pipe     int32  // pipe index for fdPipeR/fdPipeW
+	count    uint64 // eventfd counter
+	gen      uint64 // bumped on every readiness change (EPOLLET edges)
+	watch    [maxEpollWatch]epollWatch
 }
 
 var fds [maxFDs]fdEntry
@@ -54,11 +60,16 @@ func validFD(fd int) bool { return fd >= 0 && fd < maxFDs && fds[fd].kind != fdF
 
 func closeFD(fd int) int64 {
 	klock.lock()
-	defer klock.unlock()
 	if !validFD(fd) {
+		klock.unlock()
 		return -_EBADF
 	}
+	switch fds[fd].kind {
+	case fdPipeR, fdPipeW:
+		pipeClose(fd)
+	}
 	fds[fd].kind = fdFree
+	kunlock()
 	return 0
 }
 
@@ -92,9 +103,12 @@ func sysWriteFD(c int, cur int32, fd int, a, n uintptr) int64 {
 		}
 		klock.lock()
 		fds[fd].count += *u64(a)
+		fds[fd].gen++
 		wakeEpollWaiters()
 		kunlock()
 		return 8
+	case fdPipeW:
+		return pipeWrite(c, cur, fd, a, n)
 	}
 	return -_EBADF
 }
@@ -116,13 +130,15 @@ func sysWritevFD(c int, cur int32, fd int, iov uintptr, cnt int) int64 {
 	return total
 }
 
-func sysReadFD(fd int, a, n uintptr) int64 {
+func sysReadFD(c int, cur int32, fd int, a, n uintptr) int64 {
 	if fd < 0 || fd >= maxFDs {
 		return -_EBADF
 	}
 	switch fds[fd].kind {
 	case fdConsole:
 		return 0 // standard input is empty: EOF
+	case fdPipeR:
+		return pipeRead(c, cur, fd, a, n)
 	case fdEventfd:
 		if n < 8 {
 			return -_EINVAL
@@ -134,6 +150,7 @@ func sysReadFD(fd int, a, n uintptr) int64 {
 			return -_EAGAIN
 		}
 		fds[fd].count = 0
+		fds[fd].gen++
 		klock.unlock()
 		*u64(a) = v
 		return 8
@@ -141,18 +158,28 @@ func sysReadFD(fd int, a, n uintptr) int64 {
 	return -_EBADF
 }
 
-func fcntl(fd int, cmd int) int64 {
+func fcntl(fd int, cmd int, arg uintptr) int64 {
 	if !validFD(fd) {
 		return -_EBADF
 	}
 	switch cmd {
-	case 1, 2, 4: // F_GETFD, F_SETFD, F_SETFL
+	case 1, 2: // F_GETFD, F_SETFD
+		return 0
+	case 4: // F_SETFL
+		fds[fd].nonblock = arg&0x800 != 0
 		return 0
 	case 3: // F_GETFL
-		if fds[fd].kind == fdConsole {
-			return 2 // O_RDWR, blocking
+		fl := int64(2) // O_RDWR
+		switch fds[fd].kind {
+		case fdPipeR:
+			fl = 0
+		case fdPipeW:
+			fl = 1
 		}
-		return 2 | 0x800 // O_NONBLOCK
+		if fds[fd].nonblock {
+			fl |= 0x800
+		}
+		return fl
 	}
 	return -_EINVAL
 }
@@ -164,8 +191,11 @@ func fstat(fd int, st uintptr) int64 {
 	b := ubytes(st, 144)
 	clear(b)
 	mode := uint32(0o600)
-	if fds[fd].kind == fdConsole {
+	switch fds[fd].kind {
+	case fdConsole:
 		mode |= 0o020000 // S_IFCHR
+	case fdPipeR, fdPipeW:
+		mode |= 0o010000 // S_IFIFO
 	}
 	*u32(st + 24) = mode
 	*u64(st + 56) = 4096 // st_blksize
@@ -178,6 +208,7 @@ func eventfdCreate(init uint64) int64 {
 	fd := allocFD(fdEventfd)
 	if fd >= 0 {
 		fds[fd].count = init
+		fds[fd].nonblock = true
 	}
 	return fd
 }
@@ -209,7 +240,7 @@ func epollCtl(epfd, op, fd int, ev uintptr) int64 {
 		if e.nwatch == maxEpollWatch {
 			return -_ENOMEM
 		}
-		e.watch[e.nwatch] = epollWatch{fd: int32(fd), events: *u32(ev), data: *u64(ev + 4)}
+		e.watch[e.nwatch] = epollWatch{fd: int32(fd), events: *u32(ev), data: *u64(ev + 4), lastGen: ^uint64(0)}
 		e.nwatch++
 		return 0
 	case 2: // EPOLL_CTL_DEL
@@ -225,6 +256,7 @@ func epollCtl(epfd, op, fd int, ev uintptr) int64 {
 		}
 		e.watch[idx].events = *u32(ev)
 		e.watch[idx].data = *u64(ev + 4)
+		e.watch[idx].lastGen = ^uint64(0)
 		return 0
 	}
 	return -_EINVAL
@@ -243,17 +275,15 @@ func epollWait(c int, cur int32, epfd int, out uintptr, max int, timeoutMS int) 
 	n := 0
 	for i := 0; i < int(e.nwatch) && n < max; i++ {
 		w := &e.watch[i]
-		ready := uint32(0)
-		if fds[w.fd].kind == fdEventfd {
-			if fds[w.fd].count > 0 {
-				ready |= 0x1 // EPOLLIN
-			}
-			ready |= 0x4 // EPOLLOUT
+		f := &fds[w.fd]
+		if w.events&epollET != 0 && w.lastGen == f.gen {
+			continue // edge-triggered: nothing changed since last report
 		}
-		ready &= w.events | 0x18 // EPOLLERR|EPOLLHUP always
+		ready := readiness(int(w.fd)) & (w.events | 0x18) // EPOLLERR|EPOLLHUP always
 		if ready == 0 {
 			continue
 		}
+		w.lastGen = f.gen
 		p := out + uintptr(n)*12
 		*u32(p) = ready
 		*u64(p + 4) = w.data
@@ -271,10 +301,47 @@ func epollWait(c int, cur int32, epfd int, out uintptr, max int, timeoutMS int) 
 	return blocked
 }
 
+const epollET = 1 << 31
+
+// readiness is the epoll event mask an fd would report now. klock held.
+func readiness(fd int) uint32 {
+	f := &fds[fd]
+	switch f.kind {
+	case fdEventfd:
+		r := uint32(0x4) // EPOLLOUT
+		if f.count > 0 {
+			r |= 0x1 // EPOLLIN
+		}
+		return r
+	case fdPipeR:
+		p := &pipes[f.pipe]
+		r := uint32(0)
+		if p.n > 0 {
+			r |= 0x1
+		}
+		if p.writers == 0 {
+			r |= 0x1 | 0x10 | 0x2000 // EPOLLIN|EPOLLHUP|EPOLLRDHUP
+		}
+		return r
+	case fdPipeW:
+		p := &pipes[f.pipe]
+		if p.readers == 0 {
+			return 0x4 | 0x8 // EPOLLOUT|EPOLLERR
+		}
+		if p.n < pipeSize {
+			return 0x4
+		}
+		return 0
+	case fdConsole:
+		return 0x4
+	}
+	return 0
+}
+
 func wakeEpollWaiters() {
 	for i := int32(0); i < nthreads; i++ {
 		t := &threads[i]
-		if t.state == tBlocked && t.waitKind == wEpoll {
+		if t.state == tBlocked && (t.waitKind == wEpoll || t.waitKind == wPipe) {
 			wakeRestart(i)
 		}
 	}

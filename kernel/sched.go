@@ -38,6 +38,7 @@ const (
 	wFutex
 	wSleep
 	wEpoll
+	wPipe
 )
 
 type threadHdr struct {

@@ -50,6 +50,9 @@ const (
 	sysWritev         = 20
 	sysAccess         = 21
 	sysSchedYield     = 24
+	sysDup            = 32
+	sysDup2           = 33
+	sysDup3           = 292
 	sysMadvise        = 28
 	sysNanosleep      = 35
 	sysGetpid         = 39
@@ -121,7 +124,7 @@ func dispatch(c int, cur int32, t *thread, nr uint64) int64 {
 	case sysWritev:
 		return sysWritevFD(c, cur, int(a0), a1, int(a2))
 	case sysRead:
-		return sysReadFD(int(a0), a1, a2)
+		return sysReadFD(c, cur, int(a0), a1, a2)
 	case sysClose:
 		return closeFD(int(a0))
 	case sysMmap:
@@ -266,7 +269,7 @@ func dispatch(c int, cur int32, t *thread, nr uint64) int64 {
 		getrandom(a0, a1)
 		return int64(a1)
 	case sysFcntl:
-		return fcntl(int(a0), int(a1))
+		return fcntl(int(a0), int(a1), a2)
 	case sysFstat:
 		return fstat(int(a0), a1)
 	case sysNewfstatat:
@@ -299,7 +302,11 @@ func dispatch(c int, cur int32, t *thread, nr uint64) int64 {
 		return eventfdCreate(uint64(a0))
 	case sysPrctl:
 		return -_EINVAL
-	case sysPipe2, sysRseq:
+	case sysPipe2:
+		return pipeCreate(a0, int(a1))
+	case sysDup, sysDup2, sysDup3:
+		return dupFD(int(a0), int(a1), nr == sysDup)
+	case sysRseq:
 		return -_ENOSYS
 	}
 	atomic.AddUint64(&stats.Unknown, 1)

@@ -826,9 +826,11 @@ type symtab struct {
 
 func loadSymtab(f *elf.File) (*symtab, error) {
 	syms, err := f.Symbols()
-	if err != nil {
+	if err != nil && !errors.Is(err, elf.ErrNoSymbols) {
 		return nil, err
 	}
+	// Stripped programs (go test links with -s) still carry .gopclntab,
+	// which is all symbolisation needs.
 	t := &symtab{byName: make(map[string]elf.Symbol, len(syms))}
 	for _, s := range syms {
 		t.byName[s.Name] = s
