@@ -177,6 +177,16 @@ func run(name, arg string) error {
 		}
 		wg.Wait()
 		fmt.Printf("compute procs=%d seconds=%.4f\n", p, time.Since(start).Seconds())
+	case "procs":
+		if want, _ := strconv.Atoi(arg); runtime.GOMAXPROCS(0) != want || runtime.NumCPU() != want {
+			return fmt.Errorf("GOMAXPROCS=%d NumCPU=%d, want %d", runtime.GOMAXPROCS(0), runtime.NumCPU(), want)
+		}
+	case "spin":
+		// Never returns: a compute loop with no calls, for the timeout test.
+		x := 0
+		for {
+			x++
+		}
 	case "nil":
 		var p *int
 		fmt.Println(*p)

@@ -1,0 +1,186 @@
+package mm
+
+import (
+	"math/rand"
+	"testing"
+	"unsafe"
+)
+
+// fakeRAM stands in for guest physical memory: physical address p lives at
+// &ram[p-base].
+type fakeRAM struct {
+	ram  []byte
+	base uintptr
+}
+
+func newRAM(t *testing.T, size uintptr) (*fakeRAM, Phys) {
+	// Over-allocate to align the backing store to 2 MiB: physical frames
+	// are aligned and the page table stores their addresses.
+	b := make([]byte, size+HugeSize)
+	start := uintptr(unsafe.Pointer(&b[0]))
+	aligned := (start + HugeSize - 1) &^ (HugeSize - 1)
+	r := &fakeRAM{ram: b[aligned-start:][:size]}
+	// Physical addresses run from 0x100000 upward; Off maps them into ram.
+	r.base = 0x200000
+	// Tests reach the slice only through Phys.Off (a uintptr): keep it
+	// alive for the whole test binary.
+	keepRAM = append(keepRAM, r)
+	return r, Phys{Off: aligned - r.base}
+}
+
+var keepRAM []*fakeRAM
+
+func setup(t *testing.T) (*Frames, *PageTable) {
+	_, p := newRAM(t, 64<<20)
+	f := &Frames{}
+	f.Init(p, 0x200000, 0x200000+64<<20)
+	root, err := f.Alloc4K()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f, &PageTable{Phys: p, Root: root, Frames: f}
+}
+
+func TestMapLookup(t *testing.T) {
+	f, pt := setup(t)
+	pa, _ := f.Alloc4K()
+	const va = 0xc000001000
+	if err := pt.Map4K(va, pa); err != nil {
+		t.Fatal(err)
+	}
+	if got, size := pt.Lookup(va + 123); got != pa+123 || size != PageSize {
+		t.Fatalf("lookup: %#x size %d", got, size)
+	}
+	if _, size := pt.Lookup(va + PageSize); size != 0 {
+		t.Fatal("neighbouring page reported mapped")
+	}
+	huge, err := f.Alloc2M()
+	if err != nil || huge&(HugeSize-1) != 0 {
+		t.Fatalf("2M frame %#x %v", huge, err)
+	}
+	if err := pt.Map2M(0xc000400000, huge); err != nil {
+		t.Fatal(err)
+	}
+	if got, size := pt.Lookup(0xc000400000 + 0x12345); got != huge+0x12345 || size != HugeSize {
+		t.Fatalf("huge lookup %#x %d", got, size)
+	}
+	if err := pt.Map2M(0xc000400000, huge); err == nil {
+		t.Fatal("double 2M mapping accepted")
+	}
+}
+
+// TestPopulate checks the huge/small split and that memory reads as zero
+// after Populate and Zero, even where it was written before.
+func TestPopulate(t *testing.T) {
+	_, pt := setup(t)
+	va := uintptr(0xc000000000 + 0x3000)
+	n := uintptr(5<<20 - 0x3000)
+	if err := pt.Populate(va, n); err != nil {
+		t.Fatal(err)
+	}
+	huge := 0
+	for a := va; a < va+n; a += PageSize {
+		pa, size := pt.Lookup(a)
+		if size == 0 {
+			t.Fatalf("%#x not mapped", a)
+		}
+		if size == HugeSize {
+			huge++
+		}
+		b := (*byte)(pt.ptr(pa))
+		if *b != 0 {
+			t.Fatalf("%#x not zero", a)
+		}
+		*b = 0xaa
+	}
+	if huge == 0 {
+		t.Fatal("no 2 MiB page used for an aligned 2 MiB piece")
+	}
+	w := pt.Writes
+	pt.Zero(va, n)
+	if err := pt.Populate(va, n); err != nil {
+		t.Fatal(err)
+	}
+	if pt.Writes != w {
+		t.Fatalf("re-populating wrote %d entries", pt.Writes-w)
+	}
+	for a := va; a < va+n; a += PageSize {
+		pa, _ := pt.Lookup(a)
+		if *(*byte)(pt.ptr(pa)) != 0 {
+			t.Fatalf("%#x not zeroed", a)
+		}
+	}
+}
+
+func TestFramesExhaustion(t *testing.T) {
+	_, p := newRAM(t, 8<<20)
+	f := &Frames{}
+	f.Init(p, 0x200000, 0x200000+8<<20)
+	n := 0
+	for {
+		if _, err := f.Alloc4K(); err != nil {
+			if err != ErrNoMemory {
+				t.Fatal(err)
+			}
+			break
+		}
+		n++
+	}
+	if n != 8<<20/PageSize {
+		t.Fatalf("allocated %d frames of %d", n, 8<<20/PageSize)
+	}
+	if _, err := f.Alloc2M(); err != ErrNoMemory {
+		t.Fatal("2M allocation from an exhausted allocator")
+	}
+}
+
+func TestFramesReuseZeroes(t *testing.T) {
+	_, p := newRAM(t, 8<<20)
+	f := &Frames{}
+	f.Init(p, 0x200000, 0x200000+8<<20)
+	a, _ := f.Alloc4K()
+	*(*byte)(f.ptr(a + 100)) = 7
+	f.Free4K(a)
+	b, _ := f.Alloc4K()
+	if b != a || *(*byte)(f.ptr(b + 100)) != 0 {
+		t.Fatalf("reused frame %#x (was %#x) not zero", b, a)
+	}
+}
+
+// TestVMAsModel compares VMAs with a page-granular model under random
+// inserts and removes.
+func TestVMAsModel(t *testing.T) {
+	var v VMAs
+	model := map[uintptr]bool{}
+	rng := rand.New(rand.NewSource(1))
+	const pages = 512
+	for i := 0; i < 5000; i++ {
+		s := uintptr(rng.Intn(pages))
+		e := s + 1 + uintptr(rng.Intn(16))
+		if rng.Intn(2) == 0 {
+			v.Insert(s*PageSize, e*PageSize)
+			for p := s; p < e; p++ {
+				model[p] = true
+			}
+		} else {
+			v.Remove(s*PageSize, e*PageSize)
+			for p := s; p < e; p++ {
+				delete(model, p)
+			}
+		}
+		for k := 0; k+1 < v.Len(); k++ {
+			if v.At(k).End >= v.At(k+1).Start || v.At(k).Start >= v.At(k).End {
+				t.Fatalf("invariant broken at %d: %+v %+v", k, v.At(k), v.At(k+1))
+			}
+		}
+	}
+	for p := uintptr(0); p < pages+20; p++ {
+		if got := !v.Free(p*PageSize, (p+1)*PageSize); got != model[p] {
+			t.Fatalf("page %d: set says %v, model %v", p, got, model[p])
+		}
+	}
+	gap := v.FindGap(3*PageSize, PageSize, 0, (pages+20)*PageSize)
+	if gap == 0 || !v.Free(gap, gap+3*PageSize) {
+		t.Fatalf("FindGap returned %#x, not free", gap)
+	}
+}

@@ -1,0 +1,148 @@
+package vmm_test
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cumulusdb/cumulus/vmm"
+)
+
+type run struct {
+	res            vmm.Result
+	err            error
+	stdout, stderr string
+}
+
+func boot(t *testing.T, cpus int, mem uint64, timeout time.Duration, args ...string) run {
+	t.Helper()
+	img := guestImage(t)
+	var out, errb bytes.Buffer
+	res, err := vmm.Run(img, vmm.Config{
+		CPUs: cpus, MemBytes: mem, Timeout: timeout,
+		Args:   append([]string{"guest"}, args...),
+		Env:    []string{"CUMULUS_TEST_ENV=yes", "HOME=/"},
+		Stdout: &out, Stderr: &errb,
+	})
+	return run{res, err, out.String(), errb.String()}
+}
+
+func expectOK(t *testing.T, r run, checks ...string) {
+	t.Helper()
+	if r.err != nil || r.res.ExitCode != 0 {
+		t.Fatalf("exit %d, err %v\nstdout:\n%s\nstderr:\n%s", r.res.ExitCode, r.err, r.stdout, r.stderr)
+	}
+	for _, c := range checks {
+		name, _, _ := strings.Cut(c, "=")
+		if !strings.Contains(r.stdout, "ok "+name+"\n") {
+			t.Errorf("check %s did not report ok\nstdout:\n%s\nstderr:\n%s", name, r.stdout, r.stderr)
+		}
+	}
+}
+
+// TestRuntime boots a program using goroutines, channels, timers, mutex
+// contention, panic/recover and standard-library packages, on 1 and 2 vCPUs.
+func TestRuntime(t *testing.T) {
+	for _, cpus := range []int{1, 2} {
+		checks := []string{"args", "procs=" + string(rune('0'+cpus)), "goroutines", "timers", "mutex", "panic", "stdlib"}
+		expectOK(t, boot(t, cpus, 512<<20, 2*time.Minute, checks...), checks...)
+	}
+}
+
+// TestGCChurn allocates 3 GiB in a 256 MiB guest: the heap must be reused
+// (MADV_DONTNEED zeroes, scavenged memory is recycled) without corruption.
+func TestGCChurn(t *testing.T) {
+	expectOK(t, boot(t, 2, 256<<20, 3*time.Minute, "gc"), "gc")
+}
+
+// TestRepeat boots the same image 20 times in a row: boot, SMP start-up and
+// shutdown must be free of races.
+func TestRepeat(t *testing.T) {
+	n := 20
+	if testing.Short() {
+		n = 5
+	}
+	for i := 0; i < n; i++ {
+		r := boot(t, 2, 256<<20, time.Minute, "goroutines", "timers", "mutex")
+		if r.err != nil || r.res.ExitCode != 0 {
+			t.Fatalf("boot %d: exit %d err %v\n%s\n%s", i, r.res.ExitCode, r.err, r.stdout, r.stderr)
+		}
+	}
+}
+
+func TestExitStatus(t *testing.T) {
+	r := boot(t, 1, 256<<20, time.Minute, "exit=42")
+	if r.err != nil || r.res.ExitCode != 42 || r.res.Reason != "exit" {
+		t.Fatalf("got exit %d (%s), err %v; want 42\n%s", r.res.ExitCode, r.res.Reason, r.err, r.stderr)
+	}
+}
+
+// TestFaultReport: a nil dereference that Go cannot turn into a panic yet
+// (no signal delivery) must stop the VM loudly: exception, symbol with
+// file:line, registers, backtrace, and a SIGSEGV-style exit status.
+func TestFaultReport(t *testing.T) {
+	r := boot(t, 1, 256<<20, time.Minute, "nil")
+	if r.res.ExitCode != 128+11 || r.res.Reason != "fault" {
+		t.Fatalf("exit %d (%s), want 139 (fault)\n%s", r.res.ExitCode, r.res.Reason, r.stderr)
+	}
+	for _, want := range []string{"page fault", "address 0x0", "main.run", "guest/main.go:", "backtrace", "main.main", "rip"} {
+		if !strings.Contains(r.stderr, want) {
+			t.Errorf("report lacks %q:\n%s", want, r.stderr)
+		}
+	}
+}
+
+// TestTimeout: a guest spinning forever is stopped by -timeout, and the
+// tick keeps the rest of the runtime alive meanwhile.
+func TestTimeout(t *testing.T) {
+	start := time.Now()
+	r := boot(t, 1, 256<<20, 2*time.Second, "spin")
+	if !errors.Is(r.err, vmm.ErrTimeout) || r.res.ExitCode != 124 {
+		t.Fatalf("err %v exit %d, want timeout/124", r.err, r.res.ExitCode)
+	}
+	if time.Since(start) > time.Minute {
+		t.Fatalf("timeout took %v", time.Since(start))
+	}
+	if r.res.Stats.TicksDelivered == 0 {
+		t.Errorf("no preemption tick was delivered to the spinning vCPU: %+v", r.res.Stats)
+	}
+}
+
+func TestRefusesUnsupported(t *testing.T) {
+	if err := vmm.CheckProgram([]byte("#!/bin/sh\necho hi\n")); err == nil || !strings.Contains(err.Error(), "not an ELF") {
+		t.Errorf("script: %v", err)
+	}
+	if data, err := os.ReadFile("/bin/true"); err == nil {
+		if err := vmm.CheckProgram(data); err == nil || !strings.Contains(err.Error(), "CGO_ENABLED=0") {
+			t.Errorf("/bin/true (dynamic C program): %v", err)
+		}
+	}
+	img := guestImage(t)
+	if _, err := vmm.DecodeImage(img.Program); !errors.Is(err, vmm.ErrNotImage) {
+		t.Errorf("bare ELF as image: %v", err)
+	}
+	round, err := vmm.DecodeImage(img.Encode())
+	if err != nil || !bytes.Equal(round.Program, img.Program) || !bytes.Equal(round.Kernel, img.Kernel) {
+		t.Errorf("image round trip: %v", err)
+	}
+	data := img.Encode()
+	if _, err := vmm.DecodeImage(data[:len(data)-1]); err == nil {
+		t.Errorf("truncated image accepted")
+	}
+}
+
+func TestStats(t *testing.T) {
+	r := boot(t, 2, 256<<20, time.Minute, "timers")
+	expectOK(t, r, "timers")
+	s := r.res.Stats
+	if s.Syscalls == 0 || s.Exits == 0 || s.HypercallExits["exit"] != 1 || s.UnknownSyscall != 0 {
+		t.Errorf("implausible stats: %+v", s)
+	}
+	// The vDSO serves the clock: clock_gettime (228) is never a system call.
+	if n := s.SyscallsByNr[228]; n != 0 {
+		t.Errorf("clock_gettime entered the kernel %d times", n)
+	}
+}
