@@ -100,6 +100,7 @@ type machine struct {
 	result  Result
 	resMu   sync.Mutex
 	start   time.Time
+	boot    time.Time // host time at BootTSC: the guest clock's zero
 	bootTSC uint64
 	firstSC atomic.Int64
 
@@ -310,6 +311,7 @@ func (m *machine) setup(img *Image) error {
 		return err
 	}
 	now := time.Now()
+	m.boot = now
 	biv := boot.BootInfo{
 		Magic: boot.Magic, RAMSize: m.cfg.MemBytes, NumCPUs: n,
 		FreeStart: l.freeStart, FreeEnd: m.cfg.MemBytes,
@@ -727,7 +729,7 @@ func (v *vcpu) halt(deadlineNS int64) {
 }
 
 // guestNow approximates the guest's monotonic clock (ns since BootTSC).
-func (m *machine) guestNow() time.Duration { return time.Since(m.start) }
+func (m *machine) guestNow() time.Duration { return time.Since(m.boot) }
 
 // readVirt copies guest-virtual memory by walking the guest's page tables.
 func (m *machine) readVirt(va, n uint64) ([]byte, error) {

@@ -19,6 +19,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cumulusdb/cumulus/bench/core"
 	"github.com/cumulusdb/cumulus/vmm"
 	"github.com/cumulusdb/cumulus/vmm/build"
 	"github.com/cumulusdb/cumulus/vmm/kvm"
@@ -32,6 +33,7 @@ func usage() {
   cumulus run [-cpus N] [-mem SIZE] [-timeout D] [-stats] IMAGE [-- ARGS...]
                                              boot IMAGE under KVM; its exit status is ours
   cumulus test [go test flags] PACKAGES      run package tests inside images
+  cumulus bench core [-cpus N] [-out DIR]    kernel-entry micro-benchmarks, image vs Linux
 `)
 	os.Exit(2)
 }
@@ -49,6 +51,8 @@ func main() {
 		code, err = cmdRun(os.Args[2:])
 	case "test":
 		code, err = cmdTest(os.Args[2:])
+	case "bench":
+		err = cmdBench(os.Args[2:])
 	case "exec-test":
 		code, err = cmdExecTest(os.Args[2:])
 	case "-h", "-help", "--help", "help":
@@ -261,4 +265,30 @@ func cmdExecTest(args []string) (int, error) {
 	}
 	cfg := vmm.Config{CPUs: cpus, MemBytes: mem, Args: append([]string{img.Manifest.Name}, args[1:]...), Env: os.Environ()}
 	return runImage(img, cfg, os.Getenv("CUMULUS_STATS") != "")
+}
+
+func cmdBench(args []string) error {
+	if len(args) < 1 {
+		usage()
+	}
+	switch args[0] {
+	case "core":
+		fs := flag.NewFlagSet("bench core", flag.ExitOnError)
+		cpus := fs.Int("cpus", 2, "vCPUs (and GOMAXPROCS for the Linux baseline)")
+		out := fs.String("out", "out/bench", "directory for core.json and core.png")
+		only := fs.String("only", "", "comma-separated benchmarks (default: all)")
+		fs.Parse(args[1:])
+		o := core.Options{CPUs: *cpus, OutDir: *out, Progress: os.Stderr}
+		if *only != "" {
+			o.Only = strings.Split(*only, ",")
+		}
+		rep, err := core.Run(o)
+		if err != nil {
+			return err
+		}
+		fmt.Print(rep.Table())
+		fmt.Fprintf(os.Stderr, "cumulus: wrote %s/core.json and %s/core.png\n", *out, *out)
+		return nil
+	}
+	return fmt.Errorf("unknown benchmark group %q (have: core)", args[0])
 }
