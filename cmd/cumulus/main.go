@@ -27,6 +27,7 @@ import (
 
 func usage() {
 	fmt.Fprint(os.Stderr, `usage:
+  cumulus up [-cpus N] [-mem SIZE]           build the CumulusDB server image and boot it
   cumulus image [-o FILE] [PATH]             build a bootable image from a Go main package
                                              (PATH: directory, package, or linux/amd64 ELF;
                                              default: the CumulusDB server)
@@ -49,6 +50,8 @@ func main() {
 		err = cmdImage(os.Args[2:])
 	case "run":
 		code, err = cmdRun(os.Args[2:])
+	case "up":
+		code, err = cmdUp(os.Args[2:])
 	case "test":
 		code, err = cmdTest(os.Args[2:])
 	case "bench":
@@ -291,4 +294,32 @@ func cmdBench(args []string) error {
 		return nil
 	}
 	return fmt.Errorf("unknown benchmark group %q (have: core)", args[0])
+}
+
+// cmdUp is the quick start's main job: build the server image, boot it.
+func cmdUp(args []string) (int, error) {
+	fs := flag.NewFlagSet("up", flag.ExitOnError)
+	var rf runFlags
+	rf.register(fs)
+	fs.Parse(args)
+	root, err := build.ModuleRoot()
+	if err != nil {
+		return 1, err
+	}
+	fmt.Fprintf(os.Stderr, "cumulus: building the CumulusDB server image...\n")
+	prog, err := build.Program(filepath.Join(root, "cmd", "cumulusdb"))
+	if err != nil {
+		return 1, err
+	}
+	img, err := build.Image("cumulusdb", prog)
+	if err != nil {
+		return 1, err
+	}
+	fmt.Fprintf(os.Stderr, "cumulus: booting it on %d vCPU(s), %s of memory, under KVM...\n", rf.cpus, rf.mem)
+	cfg, err := rf.config(append([]string{"cumulusdb"}, fs.Args()...))
+	if err != nil {
+		return 2, err
+	}
+	rf.stats = true
+	return runImage(img, cfg, false)
 }
