@@ -2,10 +2,10 @@ package storage_test
 
 import (
 	"bufio"
-	"io"
-	"log/slog"
 	"encoding/binary"
 	"fmt"
+	"io"
+	"log/slog"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -217,9 +217,13 @@ func TestCrashRecovery(t *testing.T) {
 			t.Fatalf("iteration %d: child did not die by the signal: %v\n%s", it, werr, stderr.String())
 		}
 
+		recStart := time.Now()
 		db, err := storage.Open(path, crashOptions())
 		if err != nil {
 			t.Fatalf("iteration %d: recovery failed: %v", it, err)
+		}
+		if os.Getenv("CUMULUS_CRASH_VERBOSE") != "" {
+			t.Logf("iteration %d: killed after %v, recovery took %v, stats %+v", it, delay, time.Since(recStart), db.Stats())
 		}
 		got := make([]map[int][]byte, crashWriters)
 		for w := range got {
