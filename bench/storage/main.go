@@ -128,7 +128,7 @@ func main() {
 	// Physical footprint of the loaded data in each engine differs; the
 	// pool/cache limit is a quarter of the raw key+value bytes.
 	poolSmall := cfg.DataBytes / 4
-	poolBig := cfg.DataBytes * 4
+	poolBig := max(cfg.DataBytes*4, 64<<20)
 
 	type opener struct {
 		name string
@@ -233,20 +233,26 @@ func main() {
 		}
 		return 0
 	}
-	fmt.Printf("\n%-10s %-10s %14s %14s\n", "setting", "workload", "vs pebble", "vs bbolt")
+	fmt.Printf("\n%-10s %-10s %-17s %10s %10s\n", "setting", "workload", "engine", "vs pebble", "vs bbolt")
 	for _, setting := range []string{"in-memory", "4x-pool"} {
 		for _, wl := range []string{"load", "rndread", "scan100", "ycsb-a", "ycsb-b", "ycsb-c"} {
-			c := get(setting, wl, "cumulus")
-			if c == 0 {
-				continue
+			for _, ours := range []string{"cumulus", "cumulus-buffered"} {
+				c := get(setting, wl, ours)
+				if c == 0 {
+					continue
+				}
+				line := fmt.Sprintf("%-10s %-10s %-17s", setting, wl, ours)
+				for _, peer := range []string{"pebble", "bbolt"} {
+					ratio := c / get(setting, wl, peer)
+					name := setting + "/" + wl + "/" + peer
+					if ours != "cumulus" {
+						name = setting + "/" + wl + "/" + ours + "/" + peer
+					}
+					rep.Ratios[name] = ratio
+					line += fmt.Sprintf(" %9.2fx", ratio)
+				}
+				fmt.Println(line)
 			}
-			line := fmt.Sprintf("%-10s %-10s", setting, wl)
-			for _, peer := range []string{"pebble", "bbolt"} {
-				ratio := c / get(setting, wl, peer)
-				rep.Ratios[setting+"/"+wl+"/"+peer] = ratio
-				line += fmt.Sprintf(" %13.2fx", ratio)
-			}
-			fmt.Println(line)
 		}
 	}
 	js, _ := json.MarshalIndent(rep, "", "  ")

@@ -15,6 +15,8 @@ var palette = []color.Color{
 	color.RGBA{R: 0xff, G: 0x7f, B: 0x0e, A: 0xff},
 	color.RGBA{R: 0x2c, G: 0xa0, B: 0x2c, A: 0xff},
 	color.RGBA{R: 0xd6, G: 0x27, B: 0x28, A: 0xff},
+	color.RGBA{R: 0x94, G: 0x67, B: 0xbd, A: 0xff},
+	color.RGBA{R: 0x8c, G: 0x56, B: 0x4b, A: 0xff},
 }
 
 // plots writes one throughput chart per setting and a ratio chart.
@@ -71,20 +73,20 @@ func plots(rep report, out string) error {
 	p := plot.New()
 	p.Title.Text = "CumulusDB throughput / peer throughput (above 1: CumulusDB faster)"
 	p.Y.Label.Text = "ratio"
-	series := []string{"in-memory/pebble", "in-memory/bbolt", "4x-pool/pebble", "4x-pool/bbolt"}
-	w := vg.Points(12)
+	series := []struct{ label, prefix, peer string }{
+		{"in-memory vs pebble", "in-memory/%s/", "pebble"},
+		{"in-memory vs bbolt", "in-memory/%s/", "bbolt"},
+		{"4x-pool (O_DIRECT) vs pebble", "4x-pool/%s/", "pebble"},
+		{"4x-pool (O_DIRECT) vs bbolt", "4x-pool/%s/", "bbolt"},
+		{"4x-pool (buffered) vs pebble", "4x-pool/%s/cumulus-buffered/", "pebble"},
+		{"4x-pool (buffered) vs bbolt", "4x-pool/%s/cumulus-buffered/", "bbolt"},
+	}
+	w := vg.Points(9)
 	maxv := 1.0
 	for i, s := range series {
 		vals := make(plotter.Values, len(workloads))
 		for j, wl := range workloads {
-			var setting, peer string
-			fmt.Sscanf(s, "%s", &setting)
-			for k := range s {
-				if s[k] == '/' {
-					setting, peer = s[:k], s[k+1:]
-				}
-			}
-			vals[j] = rep.Ratios[setting+"/"+wl+"/"+peer]
+			vals[j] = rep.Ratios[fmt.Sprintf(s.prefix, wl)+s.peer]
 			maxv = max(maxv, vals[j])
 		}
 		bars, err := plotter.NewBarChart(vals, w)
@@ -93,9 +95,9 @@ func plots(rep report, out string) error {
 		}
 		bars.Color = palette[i%len(palette)]
 		bars.LineStyle.Width = 0
-		bars.Offset = w * vg.Length(float64(i)-1.5)
+		bars.Offset = w * vg.Length(float64(i)-float64(len(series)-1)/2)
 		p.Add(bars)
-		p.Legend.Add(s, bars)
+		p.Legend.Add(s.label, bars)
 	}
 	one, err := plotter.NewLine(plotter.XYs{{X: -0.5, Y: 1}, {X: float64(len(workloads)) - 0.5, Y: 1}})
 	if err != nil {
@@ -106,5 +108,5 @@ func plots(rep report, out string) error {
 	p.Legend.Top = true
 	p.Y.Max = maxv * 1.15
 	p.NominalX(workloads...)
-	return p.Save(220*vg.Millimeter, 110*vg.Millimeter, filepath.Join(out, "storage-ratios.png"))
+	return p.Save(260*vg.Millimeter, 120*vg.Millimeter, filepath.Join(out, "storage-ratios.png"))
 }

@@ -546,7 +546,7 @@ func (t *Tree) tryScan(b *batch, resume, end []byte, fn func(k, v []byte) bool, 
 			if !fn(k, v) {
 				return next, true, nil
 			}
-			next = append(append(next[:0:0], k...), 0) // successor of k
+			next = append(append(next[:0], k...), 0) // successor of k; next is Scan's own buffer
 		}
 		if last {
 			return next, true, nil
