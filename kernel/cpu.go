@@ -48,6 +48,7 @@ type perCPU struct {
 	inKernel, tickPend, halted                uint64
 	hcArgs                                    [8]uint64
 	bootInfo, istTop, ticks, ticksDeferred    uint64
+	faultUser                                 uint64
 }
 
 //go:nosplit
@@ -142,6 +143,7 @@ type kstats struct {
 	FramesUsed  uint64
 	PTWrites    uint64
 	Faults      uint64
+	PageFaults  uint64 // resolved by demand paging
 }
 
 var stats kstats

@@ -22,6 +22,7 @@
 #define PC_KFS       0x28
 #define PC_INKERNEL  0x30
 #define PC_FAULTFRAME 0x100
+#define PC_FAULTUSER 0xa8
 
 #define TF_RAX 0
 #define TF_RBX 8
@@ -165,12 +166,23 @@ gprs:
 // faultCommon: the CPU delivered an exception through a DPL 3 gate onto
 // IST1; the per-vector stub pushed the vector (and a zero error code where
 // the CPU pushes none). Stack: vector, error, RIP, CS, RFLAGS, RSP, SS.
-// State goes to the per-CPU fault frame so that a fault inside the kernel
-// does not overwrite the interrupted thread's frame.
+// A fault in the program is saved, with its vector state, into the running
+// thread's frame, so that the kernel can resolve it (demand paging) and
+// resume the thread. A fault inside the kernel goes to the per-CPU fault
+// frame instead, so it does not overwrite the interrupted thread's frame;
+// it is always fatal. PC_FAULTUSER tells faultTrap which it was.
 TEXT faultCommon<>(SB),NOSPLIT|NOFRAME,$0
 	MOVQ DI, PC_SCRATCH(GS)
+	CMPQ PC_INKERNEL(GS), $0
+	JNE kernelfault
+	MOVQ PC_CURFRAME(GS), DI
+	MOVQ $1, PC_FAULTUSER(GS)
+	JMP save
+kernelfault:
 	MOVQ 0(GS), DI
 	ADDQ $PC_FAULTFRAME, DI
+	MOVQ $0, PC_FAULTUSER(GS)
+save:
 	SAVE_GPRS_BUT_DI
 	MOVQ PC_SCRATCH(GS), AX
 	MOVQ AX, TF_RDI(DI)
@@ -186,8 +198,13 @@ TEXT faultCommon<>(SB),NOSPLIT|NOFRAME,$0
 	MOVQ AX, TF_RSP(DI)
 	RDFSBASEQ AX
 	MOVQ AX, TF_FSBASE(DI)
-	MOVQ PC_INKERNEL(GS), AX
-	MOVQ AX, TF_KIND(DI)
+	MOVQ $1, TF_KIND(DI)
+	CMPQ PC_FAULTUSER(GS), $0
+	JEQ kernelstack
+	MOVL $7, AX
+	XORL DX, DX
+	XSAVE64 TF_XSAVE(DI)
+kernelstack:
 	MOVQ $1, PC_INKERNEL(GS)
 	MOVQ PC_KFS(GS), AX
 	WRFSBASEQ AX

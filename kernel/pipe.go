@@ -5,10 +5,6 @@ package kernel
 // the fds' generations so edge-triggered epoll watchers (the Go netpoller)
 // see each edge once. Constraints: trap context (cpu.go); klock guards all.
 
-import (
-	"github.com/cumulusdb/cumulus/kernel/mm"
-)
-
 const (
 	pipeSize  = 64 << 10
 	maxPipes  = 64
@@ -45,7 +41,10 @@ func pipeCreate(out uintptr, flags int) int64 {
 	}
 	p := &pipes[pi]
 	if !p.mapped {
-		if err := pt.Populate(pipeBuf(pi), pipeSize); err != nil {
+		mmlock.lock()
+		err := pt.Populate(pipeBuf(pi), pipeSize)
+		mmlock.unlock()
+		if err != nil {
 			return -_ENOMEM
 		}
 		p.mapped = true
@@ -199,5 +198,3 @@ func dupFD(old, newfd int, anyFD bool) int64 {
 	}
 	return int64(newfd)
 }
-
-var _ = mm.PageSize

@@ -108,11 +108,19 @@ const (
 	sysFaccessat2     = 439
 )
 
-func u32(a uintptr) *uint32 { return (*uint32)(ptrOf(a)) }
-func u64(a uintptr) *uint64 { return (*uint64)(ptrOf(a)) }
-func i32(a uintptr) *int32  { return (*int32)(ptrOf(a)) }
+// Program memory. Each accessor first maps committed-but-untouched pages
+// (userRange): a page fault inside the kernel is fatal.
+func u32(a uintptr) *uint32 { userRange(a, 4); return (*uint32)(ptrOf(a)) }
+func u64(a uintptr) *uint64 { userRange(a, 8); return (*uint64)(ptrOf(a)) }
+func i32(a uintptr) *int32  { userRange(a, 4); return (*int32)(ptrOf(a)) }
 
-func ubytes(a, n uintptr) []byte { return unsafe.Slice((*byte)(ptrOf(a)), n) }
+func ubytes(a, n uintptr) []byte {
+	if n == 0 {
+		return nil
+	}
+	userRange(a, n)
+	return unsafe.Slice((*byte)(ptrOf(a)), n)
+}
 
 func badPtr(a uintptr) bool { return a < boot.NullGuardEnd }
 

@@ -54,18 +54,32 @@ func idleTrap() {
 	pickNext(c)
 }
 
-// faultTrap reports a CPU exception: the monitor prints the registers, the
-// symbolised instruction pointer and a frame-pointer backtrace, then stops
-// the VM with a signal-style exit status. (Delivering SIGSEGV & co. to the
-// program as signals comes with the memory-subsystem issue.)
+// faultTrap handles a CPU exception. A page fault in the program on
+// memory it committed (mmap with PROT_READ/WRITE) is demand paging: map the
+// 2 MiB block around it and resume. Anything else is reported by the
+// monitor, which prints the registers, the symbolised instruction pointer
+// and a frame-pointer backtrace, then stops the VM with a signal-style exit
+// status. (Delivering SIGSEGV & co. to the program as signals comes with the
+// memory-subsystem issue.)
 func faultTrap() {
 	pc := pcpu()
+	var ff *trapFrame
+	if pc.faultUser != 0 {
+		ff = &threads[curThread[int(pc.cpu)]].tf
+		if ff.vector == 14 {
+			outl(boot.HCCR2, 0)
+			if demandPage(uintptr(pc.hcArgs[0])) {
+				atomic.AddUint64(&stats.PageFaults, 1)
+				return // resume the thread (its frame is complete)
+			}
+		}
+	} else {
+		ff = (*trapFrame)(ptrOf(uintptr(pc.self) + boot.PCFaultFrame))
+	}
 	stats.Faults++
-	ff := (*trapFrame)(ptrOf(uintptr(pc.self) + boot.PCFaultFrame))
-	inKernel := ff.kind
 	pc.hcArgs[0] = uint64(uintptr(unsafe.Pointer(ff)))
 	pc.hcArgs[1] = ff.errcode
-	pc.hcArgs[2] = inKernel
+	pc.hcArgs[2] = 1 - pc.faultUser
 	for {
 		outl(boot.HCFault, uint32(ff.vector))
 	}

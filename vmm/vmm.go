@@ -75,6 +75,7 @@ type Stats struct {
 	SignalsLost       uint64
 	FramesUsed        uint64
 	PTWrites          uint64
+	PageFaults        uint64 // demand-paging faults resolved by the kernel
 }
 
 // ErrTimeout is returned when the guest outlived Config.Timeout.
@@ -105,7 +106,7 @@ type machine struct {
 	firstSC atomic.Int64
 
 	exits, intrExits, ticks, deferred atomic.Uint64
-	hcCount                           [8]atomic.Uint64
+	hcCount                           [9]atomic.Uint64
 }
 
 type vcpu struct {
@@ -699,6 +700,11 @@ func (v *vcpu) hypercall(port uint16, arg uint32) {
 		if v.c.GetSregs(&s) == nil {
 			v.c.SetSregs(&s)
 		}
+	case boot.HCCR2:
+		var s kvm.Sregs
+		if v.c.GetSregs(&s) == nil {
+			*m.pc64(v.id, boot.PCHCArgs) = s.CR2
+		}
 	case boot.HCDebug:
 		fmt.Fprintf(m.cfg.Stderr, "cumulus: vCPU %d debug %#x\n", v.id, arg)
 	default:
@@ -798,7 +804,7 @@ func (m *machine) collectStats() Stats {
 		HypercallExits:    map[string]uint64{},
 		SyscallsByNr:      map[int]uint64{},
 	}
-	for i, name := range []string{"write", "exit", "halt", "kick", "fault", "flush", "stats", "debug"} {
+	for i, name := range []string{"write", "exit", "halt", "kick", "fault", "flush", "stats", "debug", "cr2"} {
 		if c := m.hcCount[i].Load(); c != 0 {
 			s.HypercallExits[name] = c
 		}
@@ -815,6 +821,7 @@ func (m *machine) collectStats() Stats {
 		s.UnknownSyscall = w(512)
 		s.Switches, s.Preempts, s.Halts, s.Kicks = w(513), w(514), w(515), w(516)
 		s.SignalsLost, s.FramesUsed, s.PTWrites = w(518), w(519), w(520)
+		s.PageFaults = w(522)
 	}
 	return s
 }

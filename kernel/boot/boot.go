@@ -78,6 +78,7 @@ const (
 	HCFlush = 0x15 // reload CR3 on this vCPU (privop: TLB flush)
 	HCStats = 0x16 // words[0..]: counters for the monitor's report
 	HCDebug = 0x17 // arg: value to print (diagnostics)
+	HCCR2   = 0x18 // words[0] := CR2 (CPL 3 cannot read it)
 )
 
 // Segment selectors: Linux's layout, because PVM reports CS=0x33 after

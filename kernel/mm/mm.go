@@ -207,20 +207,16 @@ func (pt *PageTable) Lookup(va uintptr) (pa uintptr, size uintptr) {
 	}
 }
 
-// Populate makes [va, va+n) mapped and zero. Whole aligned 2 MiB pieces
-// that are not yet mapped get one huge frame (one entry written instead of
-// 512); the rest gets 4 KiB frames. Pieces already mapped are zeroed in
-// place, which keeps their frames and needs no TLB flush.
+// Populate maps whatever is not yet mapped in [va, va+n) to zeroed frames.
+// Whole aligned 2 MiB pieces get one huge frame (one entry written instead
+// of 512); the rest gets 4 KiB frames. Pieces already mapped are left
+// alone, contents included: demand paging calls this on a block that other
+// threads may be using (callers wanting zeros call Zero first).
 func (pt *PageTable) Populate(va, n uintptr) error {
 	end := va + n
 	for va < end {
-		if pa, size := pt.Lookup(va); size != 0 {
-			stop := (va | (size - 1)) + 1
-			if stop > end {
-				stop = end
-			}
-			clear(unsafe.Slice((*byte)(pt.ptr(pa)), stop-va))
-			va = stop
+		if _, size := pt.Lookup(va); size != 0 {
+			va = (va | (size - 1)) + 1
 			continue
 		}
 		if va&(HugeSize-1) == 0 && end-va >= HugeSize && pt.pdFree(va) {

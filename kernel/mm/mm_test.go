@@ -96,14 +96,22 @@ func TestPopulate(t *testing.T) {
 	if huge == 0 {
 		t.Fatal("no 2 MiB page used for an aligned 2 MiB piece")
 	}
+	// Re-populating must keep contents (other threads may be using them)
+	// and write no entry.
 	w := pt.Writes
-	pt.Zero(va, n)
 	if err := pt.Populate(va, n); err != nil {
 		t.Fatal(err)
 	}
 	if pt.Writes != w {
 		t.Fatalf("re-populating wrote %d entries", pt.Writes-w)
 	}
+	for a := va; a < va+n; a += PageSize {
+		pa, _ := pt.Lookup(a)
+		if *(*byte)(pt.ptr(pa)) != 0xaa {
+			t.Fatalf("%#x lost its contents", a)
+		}
+	}
+	pt.Zero(va, n)
 	for a := va; a < va+n; a += PageSize {
 		pa, _ := pt.Lookup(a)
 		if *(*byte)(pt.ptr(pa)) != 0 {

@@ -42,6 +42,15 @@ func (v *VMAs) search(addr uintptr) int {
 	return lo
 }
 
+// Find returns the index of the area containing addr, or -1.
+func (v *VMAs) Find(addr uintptr) int {
+	i := v.search(addr)
+	if i < v.n && v.areas[i].Start <= addr {
+		return i
+	}
+	return -1
+}
+
 // Insert adds [start, end), merging with overlapping or touching areas.
 // It reports false if the table is full.
 func (v *VMAs) Insert(start, end uintptr) bool {
