@@ -49,7 +49,13 @@ const eagerBelow = mm.HugeSize
 func demandPage(addr uintptr) bool {
 	mmlock.lock()
 	defer mmlock.unlock()
-	return populateAround(addr)
+	if populateAround(addr) {
+		return true
+	}
+	if committed.Find(addr) >= 0 {
+		kprint("cumulus kernel: out of memory: no free frame for a page fault in committed memory (guest RAM exhausted; run with a larger -mem)\n")
+	}
+	return false
 }
 
 // populateAround maps [2 MiB block of addr] ∩ [committed area of addr].

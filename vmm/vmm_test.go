@@ -52,10 +52,10 @@ func TestRuntime(t *testing.T) {
 	}
 }
 
-// TestGCChurn allocates 3 GiB in a 256 MiB guest: the heap must be reused
+// TestGCChurn allocates 3 GiB in a 512 MiB guest: the heap must be reused
 // (MADV_DONTNEED zeroes, scavenged memory is recycled) without corruption.
 func TestGCChurn(t *testing.T) {
-	expectOK(t, boot(t, 2, 256<<20, 3*time.Minute, "gc"), "gc")
+	expectOK(t, boot(t, 2, 512<<20, 3*time.Minute, "gc"), "gc")
 }
 
 // TestRepeat boots the same image 20 times in a row: boot, SMP start-up and
