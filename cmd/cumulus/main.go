@@ -28,6 +28,7 @@ import (
 func usage() {
 	fmt.Fprint(os.Stderr, `usage:
   cumulus up [-cpus N] [-mem SIZE]           build the CumulusDB server image and boot it
+  cumulus serve [--listen ADDR] [--data DIR] run CumulusDB as a Linux process
   cumulus image [-o FILE] [PATH]             build a bootable image from a Go main package
                                              (PATH: directory, package, or linux/amd64 ELF;
                                              default: the CumulusDB server)
@@ -52,6 +53,8 @@ func main() {
 		code, err = cmdRun(os.Args[2:])
 	case "up":
 		code, err = cmdUp(os.Args[2:])
+	case "serve":
+		code, err = cmdServe(os.Args[2:])
 	case "test":
 		code, err = cmdTest(os.Args[2:])
 	case "bench":
