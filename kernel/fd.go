@@ -17,6 +17,8 @@ const (
 	fdEpoll
 	fdPipeR
 	fdPipeW
+	fdHost // a file on a host share (kernel/hostfs.go)
+	fdNull // /dev/null
 )
 
 const maxEpollWatch = 16
@@ -33,6 +35,7 @@ type fdEntry struct {
 	nwatch   int32
 	nonblock bool
 	pipe     int32  // pipe index for fdPipeR/fdPipeW
+	host     int32  // monitor handle for fdHost
 	count    uint64 // eventfd counter
 	gen      uint64 // bumped on every readiness change (EPOLLET edges)
 	watch    [maxEpollWatch]epollWatch
@@ -64,9 +67,16 @@ func closeFD(fd int) int64 {
 		klock.unlock()
 		return -_EBADF
 	}
-	switch fds[fd].kind {
+	kind := fds[fd].kind
+	switch kind {
 	case fdPipeR, fdPipeW:
 		pipeClose(fd)
+	case fdHost:
+		h := fds[fd].host
+		fds[fd].kind = fdFree
+		kunlock()
+		hostCall(sysClose, [6]uintptr{uintptr(h)}, 0)
+		return 0
 	}
 	fds[fd].kind = fdFree
 	kunlock()
@@ -109,6 +119,13 @@ func sysWriteFD(c int, cur int32, fd int, a, n uintptr) int64 {
 		return 8
 	case fdPipeW:
 		return pipeWrite(c, cur, fd, a, n)
+	case fdNull:
+		return int64(n)
+	case fdHost:
+		if !hostBuf(a, n) {
+			return -_EFAULT
+		}
+		return hostCall(sysWrite, [6]uintptr{uintptr(fd), a, n}, 1)
 	}
 	return -_EBADF
 }
@@ -139,6 +156,13 @@ func sysReadFD(c int, cur int32, fd int, a, n uintptr) int64 {
 		return 0 // standard input is empty: EOF
 	case fdPipeR:
 		return pipeRead(c, cur, fd, a, n)
+	case fdNull:
+		return 0
+	case fdHost:
+		if !hostBuf(a, n) {
+			return -_EFAULT
+		}
+		return hostCall(sysRead, [6]uintptr{uintptr(fd), a, n}, 1)
 	case fdEventfd:
 		if n < 8 {
 			return -_EINVAL
@@ -188,11 +212,17 @@ func fstat(fd int, st uintptr) int64 {
 	if !validFD(fd) {
 		return -_EBADF
 	}
+	if fds[fd].kind == fdHost {
+		if !hostBuf(st, 144) {
+			return -_EFAULT
+		}
+		return hostCall(sysFstat, [6]uintptr{uintptr(fd), st}, 1)
+	}
 	b := ubytes(st, 144)
 	clear(b)
 	mode := uint32(0o600)
 	switch fds[fd].kind {
-	case fdConsole:
+	case fdConsole, fdNull:
 		mode |= 0o020000 // S_IFCHR
 	case fdPipeR, fdPipeW:
 		mode |= 0o010000 // S_IFIFO
@@ -224,6 +254,9 @@ func epollCtl(epfd, op, fd int, ev uintptr) int64 {
 	defer klock.unlock()
 	if !validFD(epfd) || fds[epfd].kind != fdEpoll || !validFD(fd) {
 		return -_EBADF
+	}
+	if k := fds[fd].kind; k == fdHost || k == fdNull {
+		return -_EPERM // regular files are not pollable, as on Linux
 	}
 	e := &fds[epfd]
 	idx := -1

@@ -106,6 +106,25 @@ const (
 	sysStatx          = 332
 	sysRseq           = 334
 	sysFaccessat2     = 439
+	sysPwrite64       = 18
+	sysLseek          = 8
+	sysFsync          = 74
+	sysFdatasync      = 75
+	sysTruncate       = 76
+	sysFtruncate      = 77
+	sysChdir          = 80
+	sysFchdir         = 81
+	sysRename         = 82
+	sysMkdir          = 83
+	sysRmdir          = 84
+	sysUnlink         = 87
+	sysChmod          = 90
+	sysFchmod         = 91
+	sysMkdirat        = 258
+	sysUnlinkat       = 263
+	sysRenameat       = 264
+	sysFchmodat       = 268
+	sysRenameat2      = 316
 )
 
 // Program memory. Each accessor first maps committed-but-untouched pages
@@ -280,26 +299,81 @@ func dispatch(c int, cur int32, t *thread, nr uint64) int64 {
 		return fcntl(int(a0), int(a1), a2)
 	case sysFstat:
 		return fstat(int(a0), a1)
-	case sysNewfstatat:
-		if a1 != 0 && *(*byte)(ptrOf(a1)) == 0 && a3&0x1000 != 0 { // AT_EMPTY_PATH
-			return fstat(int(a0), a2)
-		}
-		return -_ENOENT
 	case sysIoctl:
 		return -_ENOTTY
-	case sysOpen, sysOpenat, sysStat, sysLstat, sysAccess, sysFaccessat, sysFaccessat2,
-		sysReadlink, sysReadlinkat, sysStatx:
-		// No file system in the image yet.
-		return -_ENOENT
-	case sysGetdents64, sysPread64:
-		return -_EBADF
-	case sysGetcwd:
-		if a1 < 2 {
-			return -_EINVAL
+	case sysOpen:
+		return sysHostOpen(-100, a0, a1, a2)
+	case sysOpenat:
+		return sysHostOpen(int(int32(a0)), a1, a2, a3)
+	case sysStat, sysLstat:
+		if !hostPath(a0) || !hostBuf(a1, 144) {
+			return -_EFAULT
 		}
-		b := ubytes(a0, 2)
-		b[0], b[1] = '/', 0
-		return 2
+		return hostCall(nr, [6]uintptr{a0, a1}, 0)
+	case sysNewfstatat:
+		if a1 != 0 && userRange(a1, 1) && *(*byte)(ptrOf(a1)) == 0 && a3&0x1000 != 0 { // AT_EMPTY_PATH
+			return fstat(int(int32(a0)), a2)
+		}
+		if !hostPath(a1) || !hostBuf(a2, 144) {
+			return -_EFAULT
+		}
+		return hostCall(nr, [6]uintptr{a0, a1, a2, a3}, 1)
+	case sysAccess, sysMkdir, sysRmdir, sysUnlink, sysChdir, sysChmod, sysTruncate:
+		if !hostPath(a0) {
+			return -_EFAULT
+		}
+		return hostCall(nr, [6]uintptr{a0, a1}, 0)
+	case sysFaccessat, sysFaccessat2, sysMkdirat, sysUnlinkat, sysFchmodat:
+		if !hostPath(a1) {
+			return -_EFAULT
+		}
+		return hostCall(nr, [6]uintptr{a0, a1, a2, a3}, 1)
+	case sysRename:
+		if !hostPath(a0) || !hostPath(a1) {
+			return -_EFAULT
+		}
+		return hostCall(nr, [6]uintptr{a0, a1}, 0)
+	case sysRenameat, sysRenameat2:
+		if !hostPath(a1) || !hostPath(a3) {
+			return -_EFAULT
+		}
+		return hostCall(nr, [6]uintptr{a0, a1, a2, a3, a4}, 1|4)
+	case sysReadlink:
+		if !hostPath(a0) || !hostBuf(a1, a2) {
+			return -_EFAULT
+		}
+		return hostCall(nr, [6]uintptr{a0, a1, a2}, 0)
+	case sysReadlinkat:
+		if !hostPath(a1) || !hostBuf(a2, a3) {
+			return -_EFAULT
+		}
+		return hostCall(nr, [6]uintptr{a0, a1, a2, a3}, 1)
+	case sysGetdents64, sysPread64, sysPwrite64:
+		if !hostFD(int(int32(a0))) {
+			return -_EBADF
+		}
+		if !hostBuf(a1, a2) {
+			return -_EFAULT
+		}
+		return hostCall(nr, [6]uintptr{a0, a1, a2, a3}, 1)
+	case sysLseek, sysFsync, sysFdatasync, sysFtruncate, sysFchmod, sysFchdir:
+		if !hostFD(int(int32(a0))) {
+			if validFD(int(int32(a0))) {
+				if nr == sysLseek {
+					return -29 // ESPIPE
+				}
+				return -_EINVAL
+			}
+			return -_EBADF
+		}
+		return hostCall(nr, [6]uintptr{a0, a1, a2}, 1)
+	case sysGetcwd:
+		if !hostBuf(a0, a1) {
+			return -_EFAULT
+		}
+		return hostCall(nr, [6]uintptr{a0, a1}, 0)
+	case sysStatx:
+		return -_ENOSYS
 	case sysEpollCreate, sysEpollCreate1:
 		return epollCreate()
 	case sysEpollCtl:

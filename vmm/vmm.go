@@ -47,6 +47,8 @@ type Config struct {
 	Stderr   io.Writer
 	Tick     time.Duration // preemption tick (default 10 ms)
 	Log      *slog.Logger
+	Shares   []Share // host directories visible in the guest
+	Cwd      string  // the guest's initial working directory (default "/")
 }
 
 // Result is how a run ended.
@@ -87,6 +89,7 @@ type machine struct {
 	kvmSys  *kvm.System
 	vm      *kvm.VM
 	cpus    []*vcpu
+	fs      *hostFS
 	prog    *symtab
 	kern    *symtab
 	entry   map[string]uint64
@@ -106,7 +109,7 @@ type machine struct {
 	firstSC atomic.Int64
 
 	exits, intrExits, ticks, deferred atomic.Uint64
-	hcCount                           [9]atomic.Uint64
+	hcCount                           [10]atomic.Uint64
 }
 
 type vcpu struct {
@@ -152,8 +155,9 @@ func Run(img *Image, cfg Config) (Result, error) {
 	if len(cfg.Args) == 0 {
 		cfg.Args = []string{img.Manifest.Name}
 	}
-	m := &machine{cfg: cfg, stopCh: make(chan struct{}), start: time.Now()}
+	m := &machine{cfg: cfg, stopCh: make(chan struct{}), start: time.Now(), fs: newHostFS(cfg.Shares, cfg.Cwd)}
 	defer m.close()
+	defer m.fs.close()
 	if err := m.setup(img); err != nil {
 		return Result{}, err
 	}
@@ -700,6 +704,8 @@ func (v *vcpu) hypercall(port uint16, arg uint32) {
 		if v.c.GetSregs(&s) == nil {
 			v.c.SetSregs(&s)
 		}
+	case boot.HCHostFS:
+		v.hostFSCall()
 	case boot.HCCR2:
 		var s kvm.Sregs
 		if v.c.GetSregs(&s) == nil {
@@ -804,7 +810,7 @@ func (m *machine) collectStats() Stats {
 		HypercallExits:    map[string]uint64{},
 		SyscallsByNr:      map[int]uint64{},
 	}
-	for i, name := range []string{"write", "exit", "halt", "kick", "fault", "flush", "stats", "debug", "cr2"} {
+	for i, name := range []string{"write", "exit", "halt", "kick", "fault", "flush", "stats", "debug", "cr2", "hostfs"} {
 		if c := m.hcCount[i].Load(); c != 0 {
 			s.HypercallExits[name] = c
 		}

@@ -134,6 +134,42 @@ func TestRefusesUnsupported(t *testing.T) {
 	}
 }
 
+// TestShares: host directories in the guest, read-write and read-only.
+func TestShares(t *testing.T) {
+	img := guestImage(t)
+	tmp, ro := t.TempDir(), t.TempDir()
+	if err := os.WriteFile(ro+"/hello.txt", []byte("hello from the host\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var out, errb bytes.Buffer
+	res, err := vmm.Run(img, vmm.Config{
+		CPUs: 2, MemBytes: 256 << 20, Timeout: time.Minute,
+		Args: []string{"guest", "files"}, Env: []string{"TMPDIR=/tmp"},
+		Shares: []vmm.Share{{Host: tmp, Guest: "/tmp"}, {Host: ro, Guest: "/ro", ReadOnly: true}},
+		Cwd:    "/ro", Stdout: &out, Stderr: &errb,
+	})
+	expectOK(t, run{res, err, out.String(), errb.String()}, "files")
+	if ents, _ := os.ReadDir(tmp); len(ents) != 0 {
+		t.Errorf("guest left %d entries in the shared /tmp", len(ents))
+	}
+	if _, err := os.Stat(ro + "/new.txt"); err == nil {
+		t.Error("guest wrote into a read-only share")
+	}
+}
+
+func TestParseShare(t *testing.T) {
+	dir := t.TempDir()
+	s, err := vmm.ParseShare(dir + ":/data:ro")
+	if err != nil || s.Guest != "/data" || !s.ReadOnly || s.Host != dir {
+		t.Errorf("got %+v %v", s, err)
+	}
+	for _, bad := range []string{"", dir, dir + ":rel", dir + ":/x:rw", "/nonexistent-dir:/x"} {
+		if _, err := vmm.ParseShare(bad); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}
+
 func TestStats(t *testing.T) {
 	r := boot(t, 2, 256<<20, time.Minute, "timers")
 	expectOK(t, r, "timers")

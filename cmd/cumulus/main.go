@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -144,6 +145,8 @@ type runFlags struct {
 	timeout time.Duration
 	stats   bool
 	env     multiFlag
+	shares  multiFlag
+	workdir string
 }
 
 type multiFlag []string
@@ -157,6 +160,8 @@ func (rf *runFlags) register(fs *flag.FlagSet) {
 	fs.DurationVar(&rf.timeout, "timeout", 0, "stop the guest after this long (exit status 124)")
 	fs.BoolVar(&rf.stats, "stats", false, "print exits, hypercalls and kernel entries at the end (JSON, stderr)")
 	fs.Var(&rf.env, "e", "set an environment variable in the guest (KEY=VALUE, repeatable)")
+	fs.Var(&rf.shares, "v", "share a host directory: HOST:GUEST[:ro] (repeatable)")
+	fs.StringVar(&rf.workdir, "w", "/", "the guest's working directory")
 }
 
 func (rf *runFlags) config(args []string) (vmm.Config, error) {
@@ -166,8 +171,17 @@ func (rf *runFlags) config(args []string) (vmm.Config, error) {
 	}
 	env := os.Environ()
 	env = append(env, rf.env...)
+	var shares []vmm.Share
+	for _, s := range rf.shares {
+		sh, err := vmm.ParseShare(s)
+		if err != nil {
+			return vmm.Config{}, err
+		}
+		shares = append(shares, sh)
+	}
 	return vmm.Config{
 		CPUs: rf.cpus, MemBytes: mem, Timeout: rf.timeout, Args: args, Env: env,
+		Shares: shares, Cwd: rf.workdir,
 		Log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
 	}, nil
 }
@@ -269,7 +283,27 @@ func cmdExecTest(args []string) (int, error) {
 			mem = m
 		}
 	}
-	cfg := vmm.Config{CPUs: cpus, MemBytes: mem, Args: append([]string{img.Manifest.Name}, args[1:]...), Env: os.Environ()}
+	// What a test expects of its machine: its package directory as the
+	// working directory (read-only), GOROOT and the zoneinfo database
+	// (read-only), and a private, writable /tmp.
+	wd, err := os.Getwd()
+	if err != nil {
+		return 1, err
+	}
+	tmp, err := os.MkdirTemp("", "cumulus-test-tmp-")
+	if err != nil {
+		return 1, err
+	}
+	defer os.RemoveAll(tmp)
+	shares := []vmm.Share{{Host: wd, Guest: wd, ReadOnly: true}, {Host: tmp, Guest: "/tmp"}}
+	for _, dir := range []string{runtime.GOROOT(), "/usr/share/zoneinfo"} {
+		if st, err := os.Stat(dir); err == nil && st.IsDir() && dir != "" {
+			shares = append(shares, vmm.Share{Host: dir, Guest: dir, ReadOnly: true})
+		}
+	}
+	env := append(os.Environ(), "TMPDIR=/tmp", "PWD="+wd)
+	cfg := vmm.Config{CPUs: cpus, MemBytes: mem, Args: append([]string{img.Manifest.Name}, args[1:]...), Env: env,
+		Shares: shares, Cwd: wd}
 	return runImage(img, cfg, os.Getenv("CUMULUS_STATS") != "")
 }
 

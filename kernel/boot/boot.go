@@ -70,15 +70,16 @@ const (
 // IOPL). The 32-bit value written is the first argument; further arguments
 // are in the per-CPU hypercall words.
 const (
-	HCWrite = 0x10 // arg: fd; words[0]=addr, words[1]=len
-	HCExit  = 0x11 // arg: status
-	HCHalt  = 0x12 // idle: words[0] = deadline in guest ns (0 = none)
-	HCKick  = 0x13 // arg: vCPU to wake
-	HCFault = 0x14 // arg: vector; words[0]=frame address, words[1]=error code, words[2]=in kernel
-	HCFlush = 0x15 // reload CR3 on this vCPU (privop: TLB flush)
-	HCStats = 0x16 // words[0..]: counters for the monitor's report
-	HCDebug = 0x17 // arg: value to print (diagnostics)
-	HCCR2   = 0x18 // words[0] := CR2 (CPL 3 cannot read it)
+	HCWrite  = 0x10 // arg: fd; words[0]=addr, words[1]=len
+	HCExit   = 0x11 // arg: status
+	HCHalt   = 0x12 // idle: words[0] = deadline in guest ns (0 = none)
+	HCKick   = 0x13 // arg: vCPU to wake
+	HCFault  = 0x14 // arg: vector; words[0]=frame address, words[1]=error code, words[2]=in kernel
+	HCFlush  = 0x15 // reload CR3 on this vCPU (privop: TLB flush)
+	HCStats  = 0x16 // words[0..]: counters for the monitor's report
+	HCDebug  = 0x17 // arg: value to print (diagnostics)
+	HCCR2    = 0x18 // words[0] := CR2 (CPL 3 cannot read it)
+	HCHostFS = 0x19 // words[0]=syscall nr, words[1..6]=args → words[0]=result (host shares)
 )
 
 // Segment selectors: Linux's layout, because PVM reports CS=0x33 after

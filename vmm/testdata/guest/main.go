@@ -177,6 +177,54 @@ func run(name, arg string) error {
 		}
 		wg.Wait()
 		fmt.Printf("compute procs=%d seconds=%.4f\n", p, time.Since(start).Seconds())
+	case "files":
+		// Host shares: /tmp writable, /ro read-only with hello.txt in it,
+		// working directory /ro.
+		dir, err := os.MkdirTemp("", "guest-")
+		if err != nil {
+			return err
+		}
+		f := dir + "/a.txt"
+		if err := os.WriteFile(f, []byte("written in the guest"), 0o644); err != nil {
+			return err
+		}
+		if err := os.Rename(f, dir+"/b.txt"); err != nil {
+			return err
+		}
+		b, err := os.ReadFile(dir + "/b.txt")
+		if err != nil || string(b) != "written in the guest" {
+			return fmt.Errorf("read back %q %v", b, err)
+		}
+		ents, err := os.ReadDir(dir)
+		if err != nil || len(ents) != 1 || ents[0].Name() != "b.txt" {
+			return fmt.Errorf("readdir %v %v", ents, err)
+		}
+		if err := os.RemoveAll(dir); err != nil {
+			return err
+		}
+		if _, err := os.Stat(dir); !os.IsNotExist(err) {
+			return fmt.Errorf("removed dir still there: %v", err)
+		}
+		wd, _ := os.Getwd()
+		hello, err := os.ReadFile("hello.txt") // relative to the working directory
+		if err != nil || string(hello) != "hello from the host\n" || wd != "/ro" {
+			return fmt.Errorf("ro share: %q %v (wd %q)", hello, err, wd)
+		}
+		if err := os.WriteFile("/ro/new.txt", nil, 0o644); err == nil || !strings.Contains(err.Error(), "read-only") {
+			return fmt.Errorf("write to a read-only share: %v", err)
+		}
+		if _, err := os.ReadFile("/etc/passwd"); err == nil {
+			return fmt.Errorf("a path outside every share was readable")
+		}
+		if _, err := os.ReadFile("/ro/../../etc/passwd"); err == nil {
+			return fmt.Errorf("a path escaping the share was readable")
+		}
+		n, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(n, "discarded")
+		n.Close()
 	case "procs":
 		if want, _ := strconv.Atoi(arg); runtime.GOMAXPROCS(0) != want || runtime.NumCPU() != want {
 			return fmt.Errorf("GOMAXPROCS=%d NumCPU=%d, want %d", runtime.GOMAXPROCS(0), runtime.NumCPU(), want)
