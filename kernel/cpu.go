@@ -132,18 +132,19 @@ func (l *spinlock) unlock() { l.v.Store(0) }
 // Stats are read by the monitor from guest memory at exit (symbol
 // kernel.stats), so the kernel never has to format them.
 type kstats struct {
-	Syscalls    [512]uint64
-	Unknown     uint64
-	Switches    uint64
-	Preempts    uint64
-	Halts       uint64
-	Kicks       uint64
-	Wakeups     uint64
-	SignalsLost uint64
-	FramesUsed  uint64
-	PTWrites    uint64
-	Faults      uint64
-	PageFaults  uint64 // resolved by demand paging
+	Syscalls     [512]uint64
+	Unknown      uint64
+	Switches     uint64
+	Preempts     uint64
+	Halts        uint64
+	Kicks        uint64
+	Wakeups      uint64
+	SignalsSent  uint64
+	FramesUsed   uint64
+	PTWrites     uint64
+	Faults       uint64
+	PageFaults   uint64 // resolved by demand paging
+	SignalsFault uint64 // CPU exceptions delivered as signals
 }
 
 var stats kstats

@@ -449,3 +449,12 @@ TEXT ·vdsoGettimeofday(SB),NOSPLIT|NOFRAME,$0
 	MOVQ AX, 8(R8)
 	XORL AX, AX
 	RET
+
+// xsaveTo saves the current vector state (x87, SSE, AVX) at addr (64-byte
+// aligned).
+TEXT ·xsaveTo(SB),NOSPLIT,$0-8
+	MOVQ addr+0(FP), DI
+	MOVL $7, AX
+	XORL DX, DX
+	XSAVE64 (DI)
+	RET

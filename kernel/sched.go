@@ -52,6 +52,11 @@ type threadHdr struct {
 	restartNr  uint64
 	clearTID   uintptr
 	sliceStart int64
+	sigPending uint64 // bit s-1 for signal s
+	sigMask    uint64
+	altSP      uint64 // sigaltstack
+	altSize    uint64
+	altFlags   int32
 }
 
 type thread struct {
@@ -101,6 +106,7 @@ func kinit() {
 		curThread[c] = -1
 	}
 	t := &threads[0]
+	t.altFlags = ssDisable
 	t.tid = 1
 	t.state = tRunning
 	t.sliceStart = nanotime()

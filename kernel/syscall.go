@@ -45,6 +45,7 @@ const (
 	sysBrk            = 12
 	sysRtSigaction    = 13
 	sysRtSigprocmask  = 14
+	sysRtSigreturn    = 15
 	sysIoctl          = 16
 	sysPread64        = 17
 	sysWritev         = 20
@@ -188,26 +189,22 @@ func dispatch(c int, cur int32, t *thread, nr uint64) int64 {
 	case sysSetRobustList:
 		return 0
 	case sysRtSigaction:
-		if a2 != 0 {
-			clear(ubytes(a2, 32))
-		}
-		return 0
+		return doRtSigaction(int(a0), a1, a2, a3)
 	case sysRtSigprocmask:
-		if a2 != 0 {
-			clear(ubytes(a2, 8))
-		}
-		return 0
+		return doRtSigprocmask(t, int(a0), a1, a2, a3)
 	case sysSigaltstack:
-		if a1 != 0 {
-			clear(ubytes(a1, 24))
-			*i32(a1 + 8) = 2 // SS_DISABLE
+		return doSigaltstack(t, a0, a1)
+	case sysRtSigreturn:
+		return doRtSigreturn(t)
+	case sysTgkill:
+		return doTgkill(int32(a1), int(a2))
+	case sysTkill:
+		return doTgkill(int32(a0), int(a1))
+	case sysKill:
+		if int32(a0) != 1 && int32(a0) != 0 && int32(a0) != -1 {
+			return -3 // ESRCH: there is one process
 		}
-		return 0
-	case sysKill, sysTkill, sysTgkill:
-		// Signals are not delivered yet; the runtime only sends SIGURG for
-		// asynchronous preemption, which degrades to cooperative preemption.
-		atomic.AddUint64(&stats.SignalsLost, 1)
-		return 0
+		return doTgkill(0, int(a1))
 	case sysSchedGetaff:
 		if a1 < 8 {
 			return -_EINVAL
@@ -487,6 +484,9 @@ func sysCloneImpl(cur int32, flags, stack, ptid, ctid, tls uintptr) int64 {
 	nt.tid = nextTID
 	nextTID++
 	nt.clearTID = 0
+	nt.sigPending = 0
+	nt.sigMask = parent.sigMask
+	nt.altSP, nt.altSize, nt.altFlags = 0, 0, ssDisable
 	nt.waitKind = wNone
 	nt.deadline = 0
 	if flags&cloneParentSetTID != 0 && !badPtr(ptid) {

@@ -13,8 +13,20 @@ import (
 )
 
 // blocked is returned by system calls that parked the calling thread: the
-// waker supplies the result.
-const blocked = -1 << 62
+// waker supplies the result. noResult is returned by rt_sigreturn, which
+// restores RAX itself.
+const (
+	blocked  = -1 << 62
+	noResult = -1<<62 + 1
+)
+
+// leaveKernel runs last on every path back to a program thread: signals
+// pending for the thread about to resume are delivered now.
+func leaveKernel(c int) {
+	if cur := curThread[c]; cur >= 0 {
+		deliverSignals(&threads[cur])
+	}
+}
 
 func syscallTrap() {
 	if booted.Load() == 0 {
@@ -30,16 +42,21 @@ func syscallTrap() {
 	}
 	r := dispatch(c, cur, t, nr)
 	if r == blocked {
+		leaveKernel(c)
 		return
 	}
-	t.tf.rax = uint64(r)
+	if r != noResult {
+		t.tf.rax = uint64(r)
+	}
 	preemptCheck(c, false)
+	leaveKernel(c)
 }
 
 func tickTrap() {
 	pc := pcpu()
 	atomic.AddUint64(&pc.ticks, 1)
 	preemptCheck(int(pc.cpu), true)
+	leaveKernel(int(pc.cpu))
 }
 
 // idleTrap starts a secondary vCPU: wait for vCPU 0 to initialise the
@@ -52,6 +69,7 @@ func idleTrap() {
 	c := int(pc.cpu)
 	klock.lock()
 	pickNext(c)
+	leaveKernel(c)
 }
 
 // faultTrap handles a CPU exception. A page fault in the program on
@@ -65,13 +83,22 @@ func faultTrap() {
 	pc := pcpu()
 	var ff *trapFrame
 	if pc.faultUser != 0 {
-		ff = &threads[curThread[int(pc.cpu)]].tf
+		t := &threads[curThread[int(pc.cpu)]]
+		ff = &t.tf
+		var cr2 uint64
 		if ff.vector == 14 {
 			outl(boot.HCCR2, 0)
-			if demandPage(uintptr(pc.hcArgs[0])) {
+			cr2 = pc.hcArgs[0]
+			if demandPage(uintptr(cr2)) {
 				atomic.AddUint64(&stats.PageFaults, 1)
+				leaveKernel(int(pc.cpu))
 				return // resume the thread (its frame is complete)
 			}
+		}
+		// A fault the program handles (the Go runtime turns SIGSEGV,
+		// SIGBUS, SIGFPE into panics) resumes in its handler.
+		if deliverFault(t, int(ff.vector), ff.errcode, cr2) {
+			return
 		}
 	} else {
 		ff = (*trapFrame)(ptrOf(uintptr(pc.self) + boot.PCFaultFrame))

@@ -74,10 +74,11 @@ type Stats struct {
 	Preempts          uint64
 	Halts             uint64
 	Kicks             uint64
-	SignalsLost       uint64
+	SignalsSent       uint64
 	FramesUsed        uint64
 	PTWrites          uint64
 	PageFaults        uint64 // demand-paging faults resolved by the kernel
+	SignalsFault      uint64 // CPU exceptions delivered to the program as signals
 }
 
 // ErrTimeout is returned when the guest outlived Config.Timeout.
@@ -826,8 +827,8 @@ func (m *machine) collectStats() Stats {
 		}
 		s.UnknownSyscall = w(512)
 		s.Switches, s.Preempts, s.Halts, s.Kicks = w(513), w(514), w(515), w(516)
-		s.SignalsLost, s.FramesUsed, s.PTWrites = w(518), w(519), w(520)
-		s.PageFaults = w(522)
+		s.SignalsSent, s.FramesUsed, s.PTWrites = w(518), w(519), w(520)
+		s.PageFaults, s.SignalsFault = w(522), w(523)
 	}
 	return s
 }

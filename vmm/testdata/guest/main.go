@@ -16,6 +16,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 )
 
 func main() {
@@ -225,6 +226,49 @@ func run(name, arg string) error {
 		}
 		fmt.Fprintln(n, "discarded")
 		n.Close()
+	case "faults":
+		// As on Linux: the CPU's exceptions become recoverable panics.
+		catch := func(f func()) (msg string) {
+			defer func() { msg = fmt.Sprint(recover()) }()
+			f()
+			return "no panic"
+		}
+		var p *struct{ a, b int }
+		if m := catch(func() { p.b = 1 }); !strings.Contains(m, "nil pointer dereference") {
+			return fmt.Errorf("nil: %s", m)
+		}
+		zero := len(os.Args) - len(os.Args)
+		if m := catch(func() { fmt.Println(10 / zero) }); !strings.Contains(m, "divide by zero") {
+			return fmt.Errorf("divide: %s", m)
+		}
+		old := debug.SetPanicOnFault(true)
+		wild := (*int)(unsafe.Pointer(uintptr(0x7f0000001000)))
+		var addr uintptr
+		func() {
+			defer func() {
+				if e, ok := recover().(interface{ Addr() uintptr }); ok {
+					addr = e.Addr()
+				}
+			}()
+			fmt.Println(*wild)
+		}()
+		debug.SetPanicOnFault(old)
+		if addr != 0x7f0000001000 {
+			return fmt.Errorf("wild pointer: fault address %#x", addr)
+		}
+	case "preempt":
+		// A goroutine spinning without calls must be preempted (SIGURG)
+		// for the GC to stop the world, even on one vCPU.
+		var stop atomic.Bool
+		go func() {
+			x := 0
+			for !stop.Load() {
+				x++
+			}
+		}()
+		time.Sleep(20 * time.Millisecond)
+		runtime.GC()
+		stop.Store(true)
 	case "procs":
 		if want, _ := strconv.Atoi(arg); runtime.GOMAXPROCS(0) != want || runtime.NumCPU() != want {
 			return fmt.Errorf("GOMAXPROCS=%d NumCPU=%d, want %d", runtime.GOMAXPROCS(0), runtime.NumCPU(), want)
