@@ -126,6 +126,15 @@ const (
 	sysRenameat       = 264
 	sysFchmodat       = 268
 	sysRenameat2      = 316
+	sysLink           = 86
+	sysSymlink        = 88
+	sysChown          = 92
+	sysFchown         = 93
+	sysLchown         = 94
+	sysFchownat       = 260
+	sysLinkat         = 265
+	sysSymlinkat      = 266
+	sysUtimensat      = 280
 )
 
 // Program memory. Each accessor first maps committed-but-untouched pages
@@ -325,6 +334,28 @@ func dispatch(c int, cur int32, t *thread, nr uint64) int64 {
 			return -_EFAULT
 		}
 		return hostCall(nr, [6]uintptr{a0, a1, a2, a3}, 1)
+	case sysSymlink, sysLink:
+		if !hostPath(a0) || !hostPath(a1) {
+			return -_EFAULT
+		}
+		return hostCall(nr, [6]uintptr{a0, a1}, 0)
+	case sysSymlinkat:
+		if !hostPath(a0) || !hostPath(a2) {
+			return -_EFAULT
+		}
+		return hostCall(nr, [6]uintptr{a0, a1, a2}, 2)
+	case sysLinkat:
+		if !hostPath(a1) || !hostPath(a3) {
+			return -_EFAULT
+		}
+		return hostCall(nr, [6]uintptr{a0, a1, a2, a3, a4}, 1|4)
+	case sysUtimensat:
+		if a1 != 0 && !hostPath(a1) || a2 != 0 && !hostBuf(a2, 32) {
+			return -_EFAULT
+		}
+		return hostCall(nr, [6]uintptr{a0, a1, a2, a3}, 1)
+	case sysChown, sysLchown, sysFchownat, sysFchown:
+		return -_EPERM
 	case sysRename:
 		if !hostPath(a0) || !hostPath(a1) {
 			return -_EFAULT

@@ -112,7 +112,11 @@ func (h *hostFS) resolve(dirfd int64, p string, write bool) (string, *Share, err
 		return "", nil, unix.EROFS
 	}
 	rel := strings.TrimPrefix(abs, best.Guest)
-	return filepath.Join(best.Host, filepath.FromSlash(rel)), best, nil
+	host := filepath.Join(best.Host, filepath.FromSlash(rel))
+	if strings.HasSuffix(p, "/") && !strings.HasSuffix(host, "/") {
+		host += "/" // "link/" follows the link, as on Linux
+	}
+	return host, best, nil
 }
 
 func errno(err error) uint64 {
@@ -401,6 +405,65 @@ func (h *hostFS) call(m *machine, nr uint64, arg func(int) uint64) (int64, error
 		default:
 			return 0, unix.Fchmod(f.fd, uint32(arg(1)))
 		}
+	case 88, 266: // symlink(target, path), symlinkat(target, dirfd, path)
+		target, err := str(0)
+		if err != nil {
+			return 0, unix.EFAULT
+		}
+		dirArg, pathArg := -1, 1
+		if nr == 266 {
+			dirArg, pathArg = 1, 2
+		}
+		p, _, err := pathAt(dirArg, pathArg, true)
+		if err != nil {
+			return 0, err
+		}
+		return 0, unix.Symlink(target, p)
+	case 86, 265: // link(old, new), linkat(olddir, old, newdir, new, flags)
+		var a, b string
+		var err error
+		if nr == 86 {
+			if a, _, err = pathAt(-1, 0, true); err == nil {
+				b, _, err = pathAt(-1, 1, true)
+			}
+		} else {
+			if a, _, err = pathAt(0, 1, true); err == nil {
+				b, _, err = pathAt(2, 3, true)
+			}
+		}
+		if err != nil {
+			return 0, err
+		}
+		return 0, unix.Link(a, b)
+	case 280: // utimensat(dirfd, path, times, flags)
+		var ts []unix.Timespec
+		if arg(2) != 0 {
+			raw, err := m.readVirt(arg(2), 32)
+			if err != nil {
+				return 0, unix.EFAULT
+			}
+			ts = unsafe.Slice((*unix.Timespec)(unsafe.Pointer(&raw[0])), 2)
+		}
+		if arg(1) == 0 { // futimens(fd, times)
+			f, err := file(0)
+			if err != nil {
+				return 0, err
+			}
+			if ts == nil {
+				ts = []unix.Timespec{{Nsec: unix.UTIME_NOW}, {Nsec: unix.UTIME_NOW}}
+			}
+			return 0, unix.UtimesNanoAt(f.fd, "", ts, unix.AT_EMPTY_PATH)
+		}
+		p, _, err := pathAt(0, 1, true)
+		if err != nil {
+			return 0, err
+		}
+		if ts == nil {
+			ts = []unix.Timespec{{Nsec: unix.UTIME_NOW}, {Nsec: unix.UTIME_NOW}}
+		}
+		return 0, unix.UtimesNanoAt(unix.AT_FDCWD, p, ts, int(arg(3)))
+	case 92, 94, 260: // chown, lchown, fchownat: as a non-root owner would see
+		return 0, unix.EPERM
 	case 79: // getcwd(buf, size)
 		b := append([]byte(h.cwd), 0)
 		if uint64(len(b)) > arg(1) {
