@@ -190,3 +190,67 @@ func sysMadviseImpl(addr, length uintptr, advice int) int64 {
 	}
 	return 0
 }
+
+// sysMprotectImpl: PROT_NONE takes the range out of the committed set
+// (its contents are dropped: they read as zero if committed again); any
+// other protection commits it, mapped on first touch. Read-only and
+// no-exec protections are not enforced yet: committed memory is writable.
+func sysMprotectImpl(addr, length, prot uintptr) int64 {
+	if addr&(mm.PageSize-1) != 0 {
+		return -_EINVAL
+	}
+	n := (length + mm.PageSize - 1) &^ (mm.PageSize - 1)
+	if n == 0 {
+		return 0
+	}
+	if addr < mmapLo || addr+n > mmapTop || addr+n < addr {
+		return -_ENOMEM
+	}
+	mmlock.lock()
+	defer mmlock.unlock()
+	if prot == 0 {
+		pt.Zero(addr, n)
+		committed.Remove(addr, addr+n)
+		return 0
+	}
+	if !committed.Insert(addr, addr+n) {
+		return -_ENOMEM
+	}
+	return 0
+}
+
+// sysMincoreImpl reports, per page, whether a frame backs it: a walk of
+// the page table by plain loads.
+func sysMincoreImpl(addr, length, vec uintptr) int64 {
+	if addr&(mm.PageSize-1) != 0 {
+		return -_EINVAL
+	}
+	n := (length + mm.PageSize - 1) / mm.PageSize
+	if !userRange(vec, n) {
+		return -_EFAULT
+	}
+	out := ubytes(vec, n)
+	for i := range out {
+		_, size := pt.Lookup(addr + uintptr(i)*mm.PageSize)
+		out[i] = 0
+		if size != 0 {
+			out[i] = 1
+		}
+	}
+	return 0
+}
+
+// sysSysinfoImpl fills struct sysinfo (uptime, RAM, procs).
+func sysSysinfoImpl(a uintptr) int64 {
+	if !userRange(a, 112) {
+		return -_EFAULT
+	}
+	b := ubytes(a, 112)
+	clear(b)
+	*u64(a) = uint64(nanotime() / 1e9)
+	*u64(a + 32) = uint64(frames.Total)      // totalram
+	*u64(a + 40) = uint64(frames.Free())     // freeram
+	*(*uint16)(ptrOf(a + 80)) = uint16(live) // procs
+	*u32(a + 104) = 1                        // mem_unit
+	return 0
+}

@@ -55,6 +55,8 @@ const (
 	sysDup2           = 33
 	sysDup3           = 292
 	sysMadvise        = 28
+	sysMincore        = 27
+	sysSysinfo        = 99
 	sysNanosleep      = 35
 	sysGetpid         = 39
 	sysClone          = 56
@@ -171,7 +173,11 @@ func dispatch(c int, cur int32, t *thread, nr uint64) int64 {
 	case sysMadvise:
 		return sysMadviseImpl(a0, a1, int(a2))
 	case sysMprotect:
-		return 0
+		return sysMprotectImpl(a0, a1, a2)
+	case sysMincore:
+		return sysMincoreImpl(a0, a1, a2)
+	case sysSysinfo:
+		return sysSysinfoImpl(a0)
 	case sysBrk:
 		return 0
 	case sysArchPrctl:

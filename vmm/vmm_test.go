@@ -147,6 +147,13 @@ func TestRefusesUnsupported(t *testing.T) {
 	}
 }
 
+// TestKapi: kapi inside the image picks the unikernel implementation;
+// ranges are reserved, committed, demand-paged, discarded and freed, and
+// presence is answered by walking the page table from the program.
+func TestKapi(t *testing.T) {
+	expectOK(t, boot(t, 2, 512<<20, time.Minute, "kapi"), "kapi")
+}
+
 // TestShares: host directories in the guest, read-write and read-only.
 func TestShares(t *testing.T) {
 	img := guestImage(t)

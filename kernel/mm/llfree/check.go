@@ -13,12 +13,9 @@ import (
 
 // CheckError describes the first violated invariant.
 type CheckError struct {
-	What           string
-	Index          uint64
-	Got, Want      uint64
-	valid          bool
-	_pad           [0]func() // not comparable
-	unusedAlignPad uint8
+	What      string
+	Index     uint64
+	Got, Want uint64
 }
 
 func (e *CheckError) Error() string {
@@ -38,7 +35,7 @@ func (e *CheckError) Error() string {
 var checkErr CheckError
 
 func fail(what string, i, got, want uint64) error {
-	checkErr = CheckError{What: what, Index: i, Got: got, Want: want, valid: true}
+	checkErr = CheckError{What: what, Index: i, Got: got, Want: want}
 	return &checkErr
 }
 
@@ -98,6 +95,12 @@ func (a *Allocator) checkOrders(ar uint64) error {
 	for f := ar * areaFrames; f < (ar+1)*areaFrames && f < a.frames; f++ {
 		code := a.orderWord(f).Load() >> ((f % 8) * 4) & 0xf
 		if code == 0 {
+			continue
+		}
+		if code == orderCode(GiantOrder) {
+			if f%(1<<GiantOrder) != 0 || a.child(ar).Load() != childHuge|childGiant {
+				return fail("recorded giant order without giant frame", f, uint64(code), 0)
+			}
 			continue
 		}
 		if code > AreaOrder || f&(1<<(code-1)-1) != 0 {

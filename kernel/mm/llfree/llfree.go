@@ -383,12 +383,13 @@ func (a *Allocator) sync(cpu int, t uint64) bool {
 }
 
 // reserve drops cpu's reservation and reserves another tree holding at
-// least n free frames: first a partially used one (keeping whole trees,
-// and with them whole areas, for huge requests), then any.
+// least n free frames: first a partially used one with a good number of
+// free frames, then any partially used one (keeping whole trees, and with
+// them whole areas, for huge requests), then any.
 func (a *Allocator) reserve(cpu int, n uint64) bool {
 	a.unreserve(cpu)
 	start := uint64(cpu) * a.ntrees / uint64(a.cpus)
-	for pass := 0; pass < 2; pass++ {
+	for pass := 0; pass < 3; pass++ {
 		for i := uint64(0); i < a.ntrees; i++ {
 			t := (start + i) % a.ntrees
 			tr := a.tree(t)
@@ -397,7 +398,7 @@ func (a *Allocator) reserve(cpu int, n uint64) bool {
 			if tw&treeReserved != 0 || c < n {
 				continue
 			}
-			if pass == 0 && (c == a.treeCap(t) || c < treeFrames/16) {
+			if pass < 2 && c == a.treeCap(t) || pass == 0 && c < treeFrames/16 {
 				continue
 			}
 			if tr.CompareAndSwap(tw, treeReserved) {

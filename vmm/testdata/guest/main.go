@@ -17,6 +17,9 @@ import (
 	"sync/atomic"
 	"time"
 	"unsafe"
+
+	"github.com/cumulusdb/cumulus/kapi"
+	_ "github.com/cumulusdb/cumulus/kapi/unikernel"
 )
 
 func main() {
@@ -269,6 +272,40 @@ func run(name, arg string) error {
 		time.Sleep(20 * time.Millisecond)
 		runtime.GC()
 		stop.Store(true)
+	case "kapi":
+		k, err := kapi.Default()
+		if err != nil || k.Name() != "unikernel" {
+			return fmt.Errorf("kapi.Default: %v %v", k, err)
+		}
+		m := k.Memory()
+		r, err := m.Reserve(64<<20, 2<<20)
+		if err != nil {
+			return err
+		}
+		if err := m.Allocate(r, 0, 64<<20); err != nil {
+			return err
+		}
+		if in, _ := m.Resident(r, 40<<20); in {
+			return fmt.Errorf("untouched page reported resident")
+		}
+		r.Mem[40<<20] = 7
+		if in, _ := m.Resident(r, 40<<20); !in {
+			return fmt.Errorf("touched page reported not resident")
+		}
+		out := make([]bool, 1024)
+		if err := m.ResidentBatch(r, 0, out); err != nil || out[0] {
+			return fmt.Errorf("batch: %v %v", out[0], err)
+		}
+		if err := m.Discard(r, 40<<20, 4096); err != nil || r.Mem[40<<20] != 0 {
+			return fmt.Errorf("discard: %v, byte %d", err, r.Mem[40<<20])
+		}
+		st, err := m.Stats()
+		if err != nil || st.Total == 0 || st.Available > st.Total {
+			return fmt.Errorf("stats %+v %v", st, err)
+		}
+		if err := m.Free(r); err != nil {
+			return err
+		}
 	case "procs":
 		if want, _ := strconv.Atoi(arg); runtime.GOMAXPROCS(0) != want || runtime.NumCPU() != want {
 			return fmt.Errorf("GOMAXPROCS=%d NumCPU=%d, want %d", runtime.GOMAXPROCS(0), runtime.NumCPU(), want)

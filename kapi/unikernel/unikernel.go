@@ -1,0 +1,101 @@
+// Package unikernel is kapi inside a CumulusDB image. Importing it
+// registers an implementation that Default prefers whenever the program
+// runs on CumulusDB's kernel (probe: uname's release), so one binary uses
+// Linux as a process and the unikernel in the image.
+//
+// What differs from Linux:
+//   - Resident and ResidentBatch walk the x86-64 page table by plain loads
+//     from the program (the tables are mapped in its address space): no
+//     system call, no /proc, no mincore. This is the first talk's
+//     page-presence check.
+//   - Reserve, Allocate, Discard and Free use the same system calls as
+//     kapi/linux, which the kernel serves: reservations take no frames,
+//     allocated ranges are mapped on first touch in 2 MiB blocks, Discard
+//     makes the range read as zero. (The kernel zeroes discarded memory in
+//     place and keeps its frames: frame reclaim needs TLB shootdowns, still
+//     to come, so a discarded page stays "resident".)
+//   - Block devices are files on host shares until virtio-blk exists; the
+//     monitor forwards their I/O (buffered: no O_DIRECT through shares).
+package unikernel
+
+import (
+	"fmt"
+	"strings"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/cumulusdb/cumulus/kapi"
+	"github.com/cumulusdb/cumulus/kapi/linux"
+	"github.com/cumulusdb/cumulus/kernel/boot"
+	"github.com/cumulusdb/cumulus/kernel/mm"
+)
+
+func init() { kapi.Register(Kernel{}, 10, Probe) }
+
+// Probe reports whether this program runs on CumulusDB's kernel.
+func Probe() bool {
+	var u unix.Utsname
+	if unix.Uname(&u) != nil {
+		return false
+	}
+	return strings.Contains(unix.ByteSliceToString(u.Release[:]), "cumulus")
+}
+
+// Kernel is the unikernel implementation of kapi.Kernel.
+type Kernel struct{}
+
+// Name implements kapi.Kernel.
+func (Kernel) Name() string { return "unikernel" }
+
+// Memory implements kapi.Kernel.
+func (Kernel) Memory() kapi.Memory { return memory{Memory: linux.Kernel{}.Memory()} }
+
+// OpenBlock implements kapi.Kernel on files of host shares.
+func (Kernel) OpenBlock(path string, opts kapi.BlockOptions) (kapi.BlockDevice, error) {
+	opts.Buffered = true
+	return linux.Kernel{}.OpenBlock(path, opts)
+}
+
+type memory struct{ kapi.Memory }
+
+// pageTable is the live page table, read in place: RAM is identity-mapped,
+// so the physical addresses in its entries are also virtual ones.
+var pageTable = mm.PageTable{Root: boot.PML4Addr}
+
+// Resident implements kapi.Memory by a page-table walk.
+func (m memory) Resident(r kapi.Region, off uintptr) (bool, error) {
+	if off >= r.Len() {
+		return false, fmt.Errorf("kapi/unikernel: resident: offset %d outside region of %d bytes", off, r.Len())
+	}
+	_, size := pageTable.Lookup(uintptr(unsafe.Pointer(&r.Mem[off])))
+	return size != 0, nil
+}
+
+// ResidentBatch implements kapi.Memory by page-table walks.
+func (m memory) ResidentBatch(r kapi.Region, off uintptr, out []bool) error {
+	ps := uintptr(m.PageSize())
+	if off%ps != 0 || off+uintptr(len(out))*ps > r.Len() {
+		return fmt.Errorf("kapi/unikernel: resident: range [%d,+%d pages) outside region of %d bytes", off, len(out), r.Len())
+	}
+	if len(out) == 0 {
+		return nil
+	}
+	base := uintptr(unsafe.Pointer(&r.Mem[off]))
+	for i := range out {
+		_, size := pageTable.Lookup(base + uintptr(i)*ps)
+		out[i] = size != 0
+	}
+	return nil
+}
+
+// Stats implements kapi.Memory from sysinfo.
+func (m memory) Stats() (kapi.MemStats, error) {
+	var si unix.Sysinfo_t
+	if err := unix.Sysinfo(&si); err != nil {
+		return kapi.MemStats{}, fmt.Errorf("kapi/unikernel: stats: %w", err)
+	}
+	unit := uint64(si.Unit)
+	total, free := si.Totalram*unit, si.Freeram*unit
+	return kapi.MemStats{Total: total, Available: free, Resident: total - free}, nil
+}
