@@ -302,8 +302,8 @@ func TestHugeRecovery(t *testing.T) {
 	t.Logf("whole 2 MiB areas: %d after filling half, %d after random frees, %d after refilling", h1, h2, h3)
 	// The last holes may sit in another CPU's reservation (invisible to
 	// the others, as in LLFree), so each other CPU may break at most one
-	// whole area when the holes run out; without the partial-first policy
-	// the refill would break about half of the whole areas.
+	// whole area when the holes run out. A policy that took fully free
+	// areas first would break whole areas from the first refill.
 	if h3+cpus-1 < h1 {
 		t.Fatalf("refill broke whole areas: %d, started with %d", h3, h1)
 	}
@@ -342,7 +342,11 @@ func TestHugeRecovery(t *testing.T) {
 // exhaustion, handing frames to other CPUs to free. Run with -race too.
 func TestStress(t *testing.T) {
 	for _, debug := range []bool{false, true} {
-		stress(t, 4, 6*treeFrames+100, 3000, debug)
+		rounds := 30000
+		if testing.Short() {
+			rounds = 3000
+		}
+		stress(t, 4, 6*treeFrames+100, rounds, debug)
 	}
 }
 
