@@ -137,6 +137,7 @@ const (
 	sysLinkat         = 265
 	sysSymlinkat      = 266
 	sysUtimensat      = 280
+	sysFallocate      = 285
 )
 
 // Program memory. Each accessor first maps committed-but-untouched pages
@@ -388,6 +389,11 @@ func dispatch(c int, cur int32, t *thread, nr uint64) int64 {
 		}
 		if !hostBuf(a1, a2) {
 			return -_EFAULT
+		}
+		return hostCall(nr, [6]uintptr{a0, a1, a2, a3}, 1)
+	case sysFallocate:
+		if !hostFD(int(int32(a0))) {
+			return -_EBADF
 		}
 		return hostCall(nr, [6]uintptr{a0, a1, a2, a3}, 1)
 	case sysLseek, sysFsync, sysFdatasync, sysFtruncate, sysFchmod, sysFchdir:

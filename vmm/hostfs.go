@@ -392,6 +392,12 @@ func (h *hostFS) call(m *machine, nr uint64, arg func(int) uint64) (int64, error
 			return 0, err
 		}
 		return 0, unix.Truncate(p, int64(arg(1)))
+	case 285: // fallocate(h, mode, off, len)
+		f, err := file(0)
+		if err != nil {
+			return 0, err
+		}
+		return 0, unix.Fallocate(f.fd, uint32(arg(1)), int64(arg(2)), int64(arg(3)))
 	case 77, 74, 75, 91: // ftruncate, fsync, fdatasync, fchmod
 		f, err := file(0)
 		if err != nil {

@@ -484,10 +484,12 @@ func (a *Allocator) claimTree(t, n uint64) bool {
 func (a *Allocator) searchTree(cpu int, t uint64, order int) (uint64, bool) {
 	n := uint64(1) << order
 	lo, hi := a.treeAreaRange(t)
+	// The hint is the bit-field word (area*8 + word) of the CPU's last
+	// allocation: start there, so a filling area is not rescanned.
 	h := a.hint(cpu)
-	first := *h
+	first, firstWord := *h/8, *h%8
 	if first < lo || first >= hi {
-		first = lo
+		first, firstWord = lo, 0
 	}
 	for pass := 0; pass < 2; pass++ {
 		for i := uint64(0); i < hi-lo; i++ {
@@ -495,8 +497,12 @@ func (a *Allocator) searchTree(cpu int, t uint64, order int) (uint64, bool) {
 			if !a.claimChild(ar, n, pass == 1) {
 				continue
 			}
-			if f, ok := a.searchArea(ar, order); ok {
-				*h = ar
+			w0 := uint64(0)
+			if ar == first {
+				w0 = firstWord
+			}
+			if f, ok := a.searchArea(ar, order, w0); ok {
+				*h = f / 64
 				return f, true
 			}
 			a.child(ar).Add(n)
@@ -530,14 +536,15 @@ var alignedMask = [6]uint64{
 }
 
 // searchArea sets the bits of an aligned free block of 2^order frames in
-// area ar and returns its first frame.
-func (a *Allocator) searchArea(ar uint64, order int) (uint64, bool) {
+// area ar, scanning its words from w0 on, and returns its first frame.
+func (a *Allocator) searchArea(ar uint64, order int, w0 uint64) (uint64, bool) {
 	if order >= 6 {
 		return a.searchWords(ar, uint64(1)<<(order-6))
 	}
 	size := uint(1) << order
 	mask := uint64(1)<<size - 1
-	for w := uint64(0); w < bitsBytes/8; w++ {
+	for i := uint64(0); i < bitsBytes/8; i++ {
+		w := (w0 + i) % (bitsBytes / 8)
 		bw := a.word(ar, w)
 		for {
 			old := bw.Load()
