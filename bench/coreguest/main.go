@@ -12,7 +12,17 @@ import (
 	"sync"
 	"syscall"
 	"time"
+	"unsafe"
+
+	"github.com/cumulusdb/cumulus/kapi"
+	_ "github.com/cumulusdb/cumulus/kapi/linux"
+	_ "github.com/cumulusdb/cumulus/kapi/unikernel"
 )
+
+func fail(err error) {
+	fmt.Fprintln(os.Stderr, "coreguest:", err)
+	os.Exit(1)
+}
 
 type result struct {
 	Name    string  `json:"name"`
@@ -108,6 +118,62 @@ func main() {
 		el = time.Since(start)
 		if x == 42 {
 			fmt.Println()
+		}
+	case "presence", "presence-pagemap":
+		// Residency checks on random pages of a 256 MiB range whose even
+		// 2 MiB blocks are touched: kapi.Default().Memory().Resident (the
+		// page-table walk in the image, mincore on Linux), or a pread of
+		// /proc/self/pagemap per check (Linux only).
+		k, err := kapi.Default()
+		if err != nil {
+			fail(err)
+		}
+		m := k.Memory()
+		const size = 256 << 20
+		r, err := m.Reserve(size, 2<<20)
+		if err != nil {
+			fail(err)
+		}
+		if err := m.Allocate(r, 0, size); err != nil {
+			fail(err)
+		}
+		for off := 0; off < size; off += 4 << 20 {
+			r.Mem[off] = 1
+		}
+		ops = 200_000
+		offs := make([]uintptr, 1024)
+		x := uint64(12345)
+		for i := range offs {
+			x = x*6364136223846793005 + 1442695040888963407
+			offs[i] = uintptr(x>>20) % size &^ 4095
+		}
+		resident := 0
+		start := time.Now()
+		if name == "presence" {
+			for i := 0; i < ops; i++ {
+				if in, _ := m.Resident(r, offs[i&1023]); in {
+					resident++
+				}
+			}
+		} else {
+			f, err := os.Open("/proc/self/pagemap")
+			if err != nil {
+				fail(err)
+			}
+			base := uintptr(unsafe.Pointer(&r.Mem[0]))
+			var e [8]byte
+			for i := 0; i < ops; i++ {
+				if _, err := f.ReadAt(e[:], int64((base+offs[i&1023])/4096*8)); err != nil {
+					fail(err)
+				}
+				if e[7]&0x80 != 0 {
+					resident++
+				}
+			}
+		}
+		el = time.Since(start)
+		if resident == 0 || resident == ops {
+			fail(fmt.Errorf("implausible residency: %d of %d", resident, ops))
 		}
 	case "alloc-gc":
 		ops = 2_000_000

@@ -37,6 +37,7 @@ func usage() {
                                              boot IMAGE under KVM; its exit status is ours
   cumulus test [go test flags] PACKAGES      run package tests inside images
   cumulus bench core [-cpus N] [-out DIR]    kernel-entry micro-benchmarks, image vs Linux
+  cumulus bench presence [-out DIR]          page-presence checks: page-table walk vs mincore/pagemap
 `)
 	os.Exit(2)
 }
@@ -312,6 +313,20 @@ func cmdBench(args []string) error {
 		usage()
 	}
 	switch args[0] {
+	case "presence":
+		fs := flag.NewFlagSet("bench presence", flag.ExitOnError)
+		out := fs.String("out", "out/bench", "directory for presence.json and presence.png")
+		fs.Parse(args[1:])
+		rep, err := core.Run(core.Options{Name: "presence", CPUs: 1, OutDir: *out, Only: core.PresenceBenchmarks, Progress: os.Stderr})
+		if err != nil {
+			return err
+		}
+		fmt.Print(rep.Table())
+		for _, r := range rep.Rows {
+			fmt.Printf("%s: image %.0f checks/s vs linux %.0f checks/s = %.0fx\n", r.Name, 1e9/r.ImageNs, 1e9/r.LinuxNs, r.LinuxNs/r.ImageNs)
+		}
+		fmt.Fprintf(os.Stderr, "cumulus: wrote %s/presence.json and %s/presence.png\n", *out, *out)
+		return nil
 	case "core":
 		fs := flag.NewFlagSet("bench core", flag.ExitOnError)
 		cpus := fs.Int("cpus", 2, "vCPUs (and GOMAXPROCS for the Linux baseline)")

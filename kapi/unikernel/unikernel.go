@@ -59,17 +59,43 @@ func (Kernel) OpenBlock(path string, opts kapi.BlockOptions) (kapi.BlockDevice, 
 
 type memory struct{ kapi.Memory }
 
-// pageTable is the live page table, read in place: RAM is identity-mapped,
-// so the physical addresses in its entries are also virtual ones.
-var pageTable = mm.PageTable{Root: boot.PML4Addr}
+// present walks the live page table by plain loads. RAM is identity-mapped,
+// so the physical addresses in its entries are also virtual ones; the walk
+// is unrolled (it is the whole cost of a presence check) and stops at a
+// 2 MiB mapping. Entries are read racily while the kernel may be writing
+// them: an aligned 8-byte load never tears, and the answer is as stale as
+// any presence check's.
+func present(va uintptr) bool {
+	const p, huge, addr = mm.PTEPresent, mm.PTEHuge, mm.PTEAddr
+	e := entry(boot.PML4Addr, va>>39&511)
+	if e&p == 0 {
+		return false
+	}
+	e = entry(uintptr(e&addr), va>>30&511)
+	if e&p == 0 {
+		return false
+	}
+	e = entry(uintptr(e&addr), va>>21&511)
+	if e&p == 0 {
+		return false
+	}
+	if e&huge != 0 {
+		return true
+	}
+	return entry(uintptr(e&addr), va>>12&511)&p != 0
+}
+
+func entry(table, i uintptr) uint64 {
+	a := table + i*8
+	return *(*uint64)(*(*unsafe.Pointer)(unsafe.Pointer(&a)))
+}
 
 // Resident implements kapi.Memory by a page-table walk.
 func (m memory) Resident(r kapi.Region, off uintptr) (bool, error) {
 	if off >= r.Len() {
 		return false, fmt.Errorf("kapi/unikernel: resident: offset %d outside region of %d bytes", off, r.Len())
 	}
-	_, size := pageTable.Lookup(uintptr(unsafe.Pointer(&r.Mem[off])))
-	return size != 0, nil
+	return present(uintptr(unsafe.Pointer(&r.Mem[off]))), nil
 }
 
 // ResidentBatch implements kapi.Memory by page-table walks.
@@ -83,8 +109,7 @@ func (m memory) ResidentBatch(r kapi.Region, off uintptr, out []bool) error {
 	}
 	base := uintptr(unsafe.Pointer(&r.Mem[off]))
 	for i := range out {
-		_, size := pageTable.Lookup(base + uintptr(i)*ps)
-		out[i] = size != 0
+		out[i] = present(base + uintptr(i)*ps)
 	}
 	return nil
 }
