@@ -235,6 +235,20 @@ func (l *Log) Sync(lsn uint64) error {
 	return l.WaitDurable(c)
 }
 
+// Request asks the flusher to make everything before lsn durable, without
+// waiting for it.
+func (l *Log) Request(lsn uint64) {
+	if l.durable.Load() >= lsn {
+		return
+	}
+	l.mu.Lock()
+	if lsn > l.requested {
+		l.requested = lsn
+		l.cond.Broadcast()
+	}
+	l.mu.Unlock()
+}
+
 // WaitDurable blocks until everything before lsn is durable.
 func (l *Log) WaitDurable(lsn uint64) error {
 	if l.durable.Load() >= lsn {

@@ -1,0 +1,76 @@
+package pgwire
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+
+	"github.com/cumulusdb/cumulus/db/sql/exec"
+	"github.com/cumulusdb/cumulus/db/storage"
+)
+
+// Config configures Run.
+type Config struct {
+	Listen   string // host:port
+	DataDir  string // the database file is DataDir/cumulus.db
+	Password string // enables SCRAM-SHA-256
+	PoolSize int64  // buffer pool bytes (0: engine default)
+	WALSize  int64  // log ring bytes for a new database (0: 256 MiB)
+	Logger   *slog.Logger
+	// Ready, if set, receives the listening address once serving.
+	Ready func(addr net.Addr)
+}
+
+// ErrListen wraps failures to listen, so callers can tell them apart from
+// database errors.
+var ErrListen = errors.New("pgwire: cannot listen")
+
+// Run opens the database, listens and serves until ctx is done, then
+// closes connections and the database (checkpointing it).
+func Run(ctx context.Context, cfg Config) error {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("%w on %s: %w", ErrListen, cfg.Listen, err)
+	}
+	defer ln.Close()
+	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
+		return fmt.Errorf("pgwire: data directory: %w", err)
+	}
+	walSize := cfg.WALSize
+	if walSize == 0 {
+		walSize = 256 << 20
+	}
+	db, err := storage.Open(filepath.Join(cfg.DataDir, "cumulus.db"), &storage.Options{PoolSize: cfg.PoolSize, WALSize: walSize, Logger: cfg.Logger})
+	if err != nil {
+		return fmt.Errorf("pgwire: open database: %w", err)
+	}
+	eng, err := exec.New(db, cfg.Logger)
+	if err != nil {
+		db.Close()
+		return fmt.Errorf("pgwire: %w", err)
+	}
+	srv := &Server{Engine: eng, Password: cfg.Password, Logger: cfg.Logger}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	cfg.Logger.Info("cumulusdb: serving", "listen", ln.Addr().String(), "data", cfg.DataDir, "scram", cfg.Password != "")
+	if cfg.Ready != nil {
+		cfg.Ready(ln.Addr())
+	}
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+	}
+	srv.Close()
+	if cerr := db.Close(); cerr != nil {
+		err = errors.Join(err, fmt.Errorf("pgwire: close database: %w", cerr))
+	}
+	cfg.Logger.Info("cumulusdb: stopped")
+	return err
+}

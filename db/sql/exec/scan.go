@@ -1,0 +1,423 @@
+package exec
+
+import (
+	"bytes"
+	"fmt"
+
+	"github.com/auxten/postgresql-parser/pkg/sql/sem/tree"
+
+	"github.com/cumulusdb/cumulus/db/catalog"
+	"github.com/cumulusdb/cumulus/db/sql/datum"
+	"github.com/cumulusdb/cumulus/db/sql/sqlerr"
+	"github.com/cumulusdb/cumulus/db/storage"
+)
+
+// plan is an executable operator tree node (push-based, row at a time).
+type plan interface {
+	cols() []col
+	run(rc *runCtx, emit func(Row) error) error
+}
+
+// access kinds of a table scan.
+const (
+	accFull = iota
+	accPoint
+	accRange // PK prefix equality and/or a range on the next column
+	accIndex // secondary index prefix equality
+)
+
+type bound struct {
+	e         *expr
+	inclusive bool
+}
+
+// scanNode reads a base table.
+type scanNode struct {
+	t      *catalog.Table
+	cs     []col
+	acc    int
+	eq     []*expr // values for the leading key columns (PK or index)
+	lo, hi *bound  // range on the key column after eq (accRange)
+	index  *catalog.Index
+	filter *expr
+	lock   bool // FOR UPDATE: lock rows and re-read them
+	keyCol []int
+}
+
+func (n *scanNode) cols() []col { return n.cs }
+
+func (n *scanNode) run(rc *runCtx, emit func(Row) error) error {
+	return n.each(rc, func(_ []byte, row Row) error { return emit(row) })
+}
+
+// tableKey encodes the primary key of row (or a new row id).
+func tableKey(b []byte, t *catalog.Table, row Row) []byte {
+	for _, i := range t.PK {
+		b = datum.AppendKey(b, row[i])
+	}
+	return b
+}
+
+func indexKey(b []byte, ix *catalog.Index, row Row) []byte {
+	for _, i := range ix.Cols {
+		b = datum.AppendKey(b, row[i])
+	}
+	return b
+}
+
+func (rc *runCtx) engineTable(name string) (*storage.Table, error) {
+	st, err := rc.s.tx.Table(name)
+	if err != nil {
+		return nil, fmt.Errorf("exec: table storage %q: %w", name, err)
+	}
+	return st, nil
+}
+
+// keyValues evaluates eq expressions and casts them to the key columns'
+// types; ok is false when one is NULL (nothing can match).
+func (n *scanNode) keyPrefix(rc *runCtx, cols []int) ([]byte, bool, error) {
+	var b []byte
+	for i, e := range n.eq {
+		v, err := e.fn(rc, nil)
+		if err != nil {
+			return nil, false, err
+		}
+		if v.IsNull() {
+			return nil, false, nil
+		}
+		cv, err := datum.Cast(v, n.t.Columns[cols[i]].Type)
+		if err != nil {
+			// A value that does not fit the column's type matches nothing
+			// (the filter decides if it is an error).
+			if sqlerr.Code(err) == sqlerr.NumericOutOfRange || sqlerr.Code(err) == sqlerr.StringTruncation {
+				return nil, false, nil
+			}
+			return nil, false, err
+		}
+		b = datum.AppendKey(b, cv)
+	}
+	return b, true, nil
+}
+
+// each calls fn for every row (and its key) that passes the filter.
+func (n *scanNode) each(rc *runCtx, fn func(key []byte, row Row) error) error {
+	st, err := rc.engineTable(n.t.DataName())
+	if err != nil {
+		return err
+	}
+	tx := rc.s.tx
+	ncols := len(n.t.Columns)
+	visit := func(key, val []byte, lockIt bool) error {
+		if lockIt {
+			if err := rc.s.lockRow(n.t.DataName(), key); err != nil {
+				return err
+			}
+			v, ok, err := tx.Get(st, key)
+			if err != nil {
+				return err
+			}
+			if !ok {
+				return nil
+			}
+			val = v
+		}
+		row, err := datum.DecodeRow(val, nil, ncols)
+		if err != nil {
+			return fmt.Errorf("exec: table %s: %w", n.t.Name, err)
+		}
+		if n.filter != nil {
+			ok, err := n.filter.fn(rc, row)
+			if err != nil {
+				return err
+			}
+			if !ok.True() {
+				return nil
+			}
+		}
+		return fn(key, row)
+	}
+	switch n.acc {
+	case accPoint:
+		key, ok, err := n.keyPrefix(rc, n.keyCol)
+		if err != nil || !ok {
+			return err
+		}
+		if n.lock {
+			if err := rc.s.lockRow(n.t.DataName(), key); err != nil {
+				return err
+			}
+		}
+		v, found, err := tx.Get(st, key)
+		if err != nil || !found {
+			return err
+		}
+		return visit(key, v, false)
+	case accIndex:
+		prefix, ok, err := n.keyPrefix(rc, n.index.Cols)
+		if err != nil || !ok {
+			return err
+		}
+		xt, err := rc.engineTable(n.t.IndexName(n.index))
+		if err != nil {
+			return err
+		}
+		var pks [][]byte
+		if err := tx.Scan(xt, prefix, datum.PrefixEnd(prefix), func(_, v []byte) bool {
+			pks = append(pks, append([]byte(nil), v...))
+			return true
+		}); err != nil {
+			return err
+		}
+		for _, pk := range pks {
+			v, found, err := tx.Get(st, pk)
+			if err != nil {
+				return err
+			}
+			if !found {
+				continue
+			}
+			if err := visit(pk, v, n.lock); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	var start, end []byte
+	if n.acc == accRange {
+		prefix, ok, err := n.keyPrefix(rc, n.keyCol)
+		if err != nil || !ok {
+			return err
+		}
+		start, end = prefix, datum.PrefixEnd(prefix)
+		next := n.keyCol[len(n.eq)]
+		typ := n.t.Columns[next].Type
+		if n.lo != nil {
+			v, err := n.lo.e.fn(rc, nil)
+			if err != nil {
+				return err
+			}
+			if v.IsNull() {
+				return nil
+			}
+			if cv, err := datum.Cast(v, typ); err == nil && cv.K == v.K {
+				start = datum.AppendKey(append([]byte(nil), prefix...), cv)
+				if !n.lo.inclusive {
+					start = datum.PrefixEnd(start)
+				}
+			}
+		}
+		if n.hi != nil {
+			v, err := n.hi.e.fn(rc, nil)
+			if err != nil {
+				return err
+			}
+			if v.IsNull() {
+				return nil
+			}
+			if cv, err := datum.Cast(v, typ); err == nil && cv.K == v.K {
+				end = datum.AppendKey(append([]byte(nil), prefix...), cv)
+				if n.hi.inclusive {
+					end = datum.PrefixEnd(end)
+				}
+			}
+		}
+		if start == nil {
+			start = []byte{}
+		}
+		if end != nil && bytes.Compare(start, end) >= 0 {
+			return nil
+		}
+	}
+	// Rows are collected per batch so that fn may use the transaction
+	// (e.g. nested scans) outside the engine's scan callback.
+	const batch = 256
+	for {
+		type kv struct{ k, v []byte }
+		var rows []kv
+		var last []byte
+		err := tx.Scan(st, start, end, func(k, v []byte) bool {
+			rows = append(rows, kv{append([]byte(nil), k...), append([]byte(nil), v...)})
+			last = rows[len(rows)-1].k
+			return len(rows) < batch
+		})
+		if err != nil {
+			return err
+		}
+		for _, r := range rows {
+			if err := visit(r.k, r.v, n.lock); err != nil {
+				return err
+			}
+		}
+		if len(rows) < batch {
+			return nil
+		}
+		start = append(last, 0)
+	}
+}
+
+// conjuncts splits an expression at top-level ANDs.
+func conjuncts(e tree.Expr, out []tree.Expr) []tree.Expr {
+	switch n := e.(type) {
+	case nil:
+		return out
+	case *tree.AndExpr:
+		return conjuncts(n.Right, conjuncts(n.Left, out))
+	case *tree.ParenExpr:
+		if _, ok := n.Expr.(*tree.AndExpr); ok {
+			return conjuncts(n.Expr, out)
+		}
+	}
+	return append(out, e)
+}
+
+// planScan builds a scan of t in scope sc (the table's columns, parent the
+// enclosing scopes) choosing the access path from conds, which are all
+// applied as the filter.
+func (c *compiler) planScan(t *catalog.Table, sc *scope, conds []tree.Expr) (*scanNode, error) {
+	n := &scanNode{t: t, cs: sc.cols}
+	eq := map[int]*expr{}
+	lo := map[int]*bound{}
+	hi := map[int]*bound{}
+	var filter []*expr
+	for _, cond := range conds {
+		x, err := c.compile(cond, sc, datum.TBool)
+		if err != nil {
+			return nil, err
+		}
+		filter = append(filter, x)
+		cmp, ok := cond.(*tree.ComparisonExpr)
+		if !ok {
+			if rc, ok := cond.(*tree.RangeCond); ok && !rc.Not && !rc.Symmetric {
+				l, err := c.compile(rc.Left, sc, datum.Type{})
+				if err == nil && l.col >= 0 {
+					f, err1 := c.compile(rc.From, sc, l.t)
+					tt, err2 := c.compile(rc.To, sc, l.t)
+					if err1 == nil && err2 == nil && f.rowFree() && tt.rowFree() {
+						lo[l.col] = &bound{f, true}
+						hi[l.col] = &bound{tt, true}
+					}
+				}
+			}
+			continue
+		}
+		op := cmp.Operator
+		if op != tree.EQ && op != tree.LT && op != tree.LE && op != tree.GT && op != tree.GE {
+			continue
+		}
+		a, b, err := c.compilePair(cmp.Left, cmp.Right, sc)
+		if err != nil {
+			return nil, err
+		}
+		if b.col >= 0 && a.rowFree() && a.col < 0 {
+			a, b = b, a
+			switch op {
+			case tree.LT:
+				op = tree.GT
+			case tree.LE:
+				op = tree.GE
+			case tree.GT:
+				op = tree.LT
+			case tree.GE:
+				op = tree.LE
+			}
+		}
+		if a.col < 0 || !b.rowFree() {
+			continue
+		}
+		// Only same-kind comparisons may use the key order.
+		if a.t.Kind() != b.t.Kind() && b.t.OID != datum.OIDUnknown {
+			ka, kb := a.t.Kind(), b.t.Kind()
+			if !(ka == datum.KNumeric && kb == datum.KInt) {
+				continue
+			}
+		}
+		switch op {
+		case tree.EQ:
+			eq[a.col] = b
+		case tree.GT, tree.GE:
+			lo[a.col] = &bound{b, op == tree.GE}
+		case tree.LT, tree.LE:
+			hi[a.col] = &bound{b, op == tree.LE}
+		}
+	}
+	if len(filter) > 0 {
+		n.filter = andAll(filter)
+	}
+	prefix := func(cols []int) []*expr {
+		var out []*expr
+		for _, ci := range cols {
+			e, ok := eq[ci]
+			if !ok {
+				break
+			}
+			out = append(out, e)
+		}
+		return out
+	}
+	if len(t.PK) > 0 {
+		p := prefix(t.PK)
+		n.keyCol = t.PK
+		switch {
+		case len(p) == len(t.PK):
+			n.acc, n.eq = accPoint, p
+			return n, nil
+		case len(p) > 0 || lo[t.PK[0]] != nil || hi[t.PK[0]] != nil:
+			next := t.PK[len(p)]
+			n.acc, n.eq, n.lo, n.hi = accRange, p, lo[next], hi[next]
+			if len(p) > 0 || !hasSecondary(t, eq) {
+				return n, nil
+			}
+		}
+	}
+	best, bestLen := (*catalog.Index)(nil), 0
+	for i := range t.Indexes {
+		ix := &t.Indexes[i]
+		if l := len(prefix(ix.Cols)); l > bestLen {
+			best, bestLen = ix, l
+		}
+	}
+	if best != nil {
+		n.acc, n.index, n.eq = accIndex, best, prefix(best.Cols)
+		return n, nil
+	}
+	if n.acc == accRange {
+		return n, nil
+	}
+	n.acc = accFull
+	return n, nil
+}
+
+func hasSecondary(t *catalog.Table, eq map[int]*expr) bool {
+	for _, ix := range t.Indexes {
+		if _, ok := eq[ix.Cols[0]]; ok {
+			return true
+		}
+	}
+	return false
+}
+
+func andAll(xs []*expr) *expr {
+	if len(xs) == 1 {
+		return xs[0]
+	}
+	return mk(datum.TBool, func(rc *runCtx, row Row) (datum.Value, error) {
+		null := false
+		for _, x := range xs {
+			v, err := x.fn(rc, row)
+			if err != nil {
+				return v, err
+			}
+			if v.IsNull() {
+				null = true
+				continue
+			}
+			if !v.True() {
+				return datum.Bool(false), nil
+			}
+		}
+		if null {
+			return datum.Null, nil
+		}
+		return datum.Bool(true), nil
+	}, xs...)
+}
