@@ -41,6 +41,7 @@ func rdrand() (uint64, bool)
 func cpuPause()
 func vdsoClockGettime()
 func vdsoGettimeofday()
+func kcallEntry()
 
 // perCPU mirrors the per-CPU block of kernel/boot (GS base points at it).
 type perCPU struct {
@@ -151,7 +152,7 @@ var stats kstats
 
 // Entries keeps the assembly entry points alive through the linker's dead
 // code elimination: only the monitor jumps to them. kmain references it.
-var Entries = [...]func(){syscallEntry, tickEntry, apEntry, resume, vdsoClockGettime, vdsoGettimeofday,
+var Entries = [...]func(){syscallEntry, tickEntry, apEntry, resume, vdsoClockGettime, vdsoGettimeofday, kcallEntry,
 	fault0, fault1, fault2, fault3, fault4, fault5, fault6, fault7,
 	fault8, fault9, fault10, fault11, fault12, fault13, fault14, fault15,
 	fault16, fault17, fault18, fault19, fault20, fault21, fault22, fault23,

@@ -458,3 +458,21 @@ TEXT ·xsaveTo(SB),NOSPLIT,$0-8
 	XORL DX, DX
 	XSAVE64 (DI)
 	RET
+
+// kcallEntry is where kapi/unikernel's kcall stub lands, already on this
+// CPU's kernel stack with kernel FS and PC_INKERNEL set (so the tick is
+// deferred and the thread cannot migrate). AX = operation, DI, SI, DX =
+// arguments; results in AX, BX. Kernel calls cost a function call, not a
+// trap: this is DESIGN §1.4's "system calls should cost a function call"
+// for the database's own requests.
+TEXT ·kcallEntry(SB),NOSPLIT|NOFRAME,$0
+	SUBQ $48, SP
+	MOVQ AX, 0(SP)
+	MOVQ DI, 8(SP)
+	MOVQ SI, 16(SP)
+	MOVQ DX, 24(SP)
+	CALL ·kcall(SB)
+	MOVQ 32(SP), AX
+	MOVQ 40(SP), BX
+	ADDQ $48, SP
+	RET

@@ -71,7 +71,7 @@ func populateAround(addr uintptr) bool {
 	if err := pt.Populate(lo, hi-lo); err != nil {
 		return false
 	}
-	stats.FramesUsed = frames.Used
+	stats.FramesUsed = frames.Used()
 	stats.PTWrites = pt.Writes
 	return true
 }
@@ -150,14 +150,14 @@ func sysMmapImpl(addr, length, prot, flags uintptr, fd int32, off uintptr) int64
 		}
 		if n < eagerBelow {
 			if err := pt.Populate(va, n); err != nil {
-				stats.FramesUsed = frames.Used
+				stats.FramesUsed = frames.Used()
 				return -_ENOMEM
 			}
 		}
 	} else {
 		committed.Remove(va, va+n)
 	}
-	stats.FramesUsed = frames.Used
+	stats.FramesUsed = frames.Used()
 	stats.PTWrites = pt.Writes
 	return int64(va)
 }

@@ -98,7 +98,11 @@ func kinit() {
 	ncpu = int(bi.NumCPUs)
 	threads = (*[boot.MaxThreads]thread)(ptrOf(uintptr(bi.ThreadsBase)))
 	initClock()
-	frames.Init(mm.Phys{}, uintptr(bi.FreeStart), uintptr(bi.FreeEnd))
+	frames.CPU = currentCPU
+	if err := frames.Init(mm.Phys{}, uintptr(bi.FreeStart), uintptr(bi.FreeEnd), ncpu); err != nil {
+		kprint("cumulus kernel: cannot set up the frame allocator: too little memory\n")
+		outl(boot.HCExit, 1)
+	}
 	pt = mm.PageTable{Root: boot.PML4Addr, Frames: &frames}
 	initMmap()
 	initFDs()
@@ -315,3 +319,5 @@ func preemptCheck(c int, force bool) {
 	}
 	kunlock()
 }
+
+func currentCPU() int { return int(pcpu().cpu) }

@@ -117,7 +117,20 @@ type BootInfo struct {
 	MainStackTop uint64
 	Flags        uint64
 	TSCMult      uint64 // ns = (tsc - BootTSC) * TSCMult >> 32 (read by the vDSO)
+	KCallEntry   uint64 // address of the kernel-call entry (kapi/unikernel)
 }
+
+// Offset of BootInfo.KCallEntry, read by kapi/unikernel's assembly.
+const BIOffKCallEntry = 112
+
+// Kernel-call operations (kapi/unikernel → kernel, see kernel/kcall.go).
+const (
+	KCFramesAlloc = 1 // a0=order → r0=physical address (== direct-map address), r1=errno
+	KCFramesFree  = 2 // a0=address, a1=order → r1=errno
+	KCFramesStats = 3 // → r0=free bytes, r1=total bytes
+	KCCPU         = 4 // → r0=current vCPU
+	KCNop         = 5 // → nothing: measures the call itself
+)
 
 // Offsets in BootInfo read by the vDSO clock (entry_amd64.s).
 const (
@@ -173,4 +186,5 @@ const (
 	SymFaultPrefix  = SymPrefix + "fault"
 	SymVDSOClock    = SymPrefix + "vdsoClockGettime.abi0"
 	SymVDSOTOD      = SymPrefix + "vdsoGettimeofday.abi0"
+	SymKCallEntry   = SymPrefix + "kcallEntry.abi0"
 )

@@ -9,15 +9,16 @@
 //     In the guest Off is 0 (RAM is identity-mapped); in tests it points into
 //     a Go byte slice standing in for RAM, so the same code is tested on Linux.
 //
-// Frames are never returned to the monitor. Frames handed out fresh by the
-// monitor are already zero (first touch costs ~8 µs under the shadow MMU, so
-// they are never zeroed again); frames that come back through Free are zeroed
-// before reuse.
+// Frames are never returned to the monitor; see Frames for how zeroing is
+// kept off the fresh ones.
 package mm
 
 import (
 	"errors"
+	"sync/atomic"
 	"unsafe"
+
+	"github.com/cumulusdb/cumulus/kernel/mm/llfree"
 )
 
 const (
@@ -48,75 +49,123 @@ func (p Phys) ptr(pa uintptr) unsafe.Pointer {
 	return *(*unsafe.Pointer)(unsafe.Pointer(&v))
 }
 
-// Frames is a two-ended bump allocator over [lo, hi): 4 KiB frames grow up
-// from lo, 2 MiB frames grow down from hi, so huge frames stay available
-// until the two ends meet. Freed frames go on intrusive free lists (the next
-// pointer lives in the free frame itself).
+// Frames hands out physical frames from [lo, hi) through an LLFree
+// allocator (kernel/mm/llfree: lock-free, per-CPU reservations, 2 MiB
+// frames kept whole). Its metadata and a "dirty" bitmap sit at the bottom
+// of the region. Invariant: a frame whose dirty bit is clear is zero. The
+// monitor's fresh memory is zero and is never touched here (first touch
+// costs ~8 µs under the shadow MMU); frames that were used and freed get
+// their dirty bit, and are zeroed when a caller that needs zeroes takes
+// them (page tables, demand paging). kapi's frame allocations take them as
+// they are, like Linux's alloc_pages without __GFP_ZERO.
 type Frames struct {
 	Phys
-	lo, hi       uintptr // remaining never-used region
-	free4, free2 uintptr // free-list heads (physical), 0 = empty
-	Used, Total  uint64  // bytes
+	base, hi uintptr // frame 0 (2 MiB aligned) and end
+	alloc    llfree.Allocator
+	dirty    []uint64
+	CPU      func() int // the current CPU (nil: 0)
+	Total    uint64     // bytes of frames managed
 }
 
-// Init sets the region the allocator manages.
-func (f *Frames) Init(p Phys, lo, hi uintptr) {
+// Init sets the region the allocator manages, for cpus CPUs.
+func (f *Frames) Init(p Phys, lo, hi uintptr, cpus int) error {
 	f.Phys = p
-	f.lo = (lo + PageSize - 1) &^ (PageSize - 1)
-	f.hi = hi &^ (HugeSize - 1)
-	f.Total = uint64(f.hi - f.lo)
+	lo = (lo + HugeSize - 1) &^ (HugeSize - 1)
+	hi &^= HugeSize - 1
+	if hi <= lo+HugeSize {
+		return ErrNoMemory
+	}
+	n := uint64(hi-lo) / PageSize
+	meta := llfree.MetaSize(n, cpus)
+	dirtyBytes := uintptr((n + 63) / 64 * 8)
+	used := (meta + dirtyBytes + HugeSize - 1) &^ (HugeSize - 1)
+	f.base, f.hi = lo+used, hi
+	n = uint64(f.hi-f.base) / PageSize
+	f.dirty = unsafe.Slice((*uint64)(p.ptr(lo+meta)), (n+63)/64)
+	clear(f.dirty)
+	if err := f.alloc.Init(unsafe.Slice((*byte)(p.ptr(lo)), meta), n, cpus); err != nil {
+		return err
+	}
+	f.Total = n * PageSize
+	return nil
 }
 
-// Alloc4K returns a zeroed 4 KiB frame.
-func (f *Frames) Alloc4K() (uintptr, error) {
-	if pa := f.free4; pa != 0 {
-		f.free4 = *(*uintptr)(f.ptr(pa))
-		clear((*[PageSize]byte)(f.ptr(pa))[:])
-		f.Used += PageSize
-		return pa, nil
+func (f *Frames) cpu() int {
+	if f.CPU == nil {
+		return 0
 	}
-	if f.lo+PageSize > f.hi {
-		return 0, ErrNoMemory
+	return f.CPU()
+}
+
+// Get returns 2^order contiguous frames, zeroed if zero is set.
+func (f *Frames) Get(order int, zero bool) (uintptr, error) {
+	fr, err := f.alloc.Get(f.cpu(), order)
+	if err != nil {
+		if err == llfree.ErrNoMemory {
+			return 0, ErrNoMemory
+		}
+		return 0, err
 	}
-	pa := f.lo
-	f.lo += PageSize
-	f.Used += PageSize
+	pa := f.base + uintptr(fr)*PageSize
+	if zero {
+		for i := uint64(0); i < 1<<order; i++ {
+			if f.takeDirty(fr + i) {
+				clear((*[PageSize]byte)(f.ptr(pa + uintptr(i)*PageSize))[:])
+			}
+		}
+	}
 	return pa, nil
 }
 
-// Alloc2M returns a zeroed, 2 MiB-aligned 2 MiB frame.
-func (f *Frames) Alloc2M() (uintptr, error) {
-	if pa := f.free2; pa != 0 {
-		f.free2 = *(*uintptr)(f.ptr(pa))
-		clear((*[HugeSize]byte)(f.ptr(pa))[:])
-		f.Used += HugeSize
-		return pa, nil
+// takeDirty reports and clears frame i's dirty bit. Frames are owned by
+// one caller at a time, but neighbours share the word: use atomics.
+func (f *Frames) takeDirty(i uint64) bool {
+	w, bit := &f.dirty[i/64], uint64(1)<<(i%64)
+	for {
+		old := atomic.LoadUint64(w)
+		if old&bit == 0 {
+			return false
+		}
+		if atomic.CompareAndSwapUint64(w, old, old&^bit) {
+			return true
+		}
 	}
-	top := f.hi &^ (HugeSize - 1)
-	if top < HugeSize || top-HugeSize < f.lo {
-		return 0, ErrNoMemory
-	}
-	f.hi = top - HugeSize
-	f.Used += HugeSize
-	return f.hi, nil
 }
+
+// Put returns 2^order frames at pa. The allocator detects double frees and
+// wrong orders where its metadata can tell (llfree.ErrDoubleFree,
+// ErrWrongOrder); nothing changes then.
+func (f *Frames) Put(pa uintptr, order int) error {
+	if pa < f.base || pa >= f.hi || (pa-f.base)%PageSize != 0 {
+		return llfree.ErrInvalid
+	}
+	fr := uint64(pa-f.base) / PageSize
+	for i := uint64(0); i < 1<<order && fr+i < uint64(len(f.dirty))*64; i++ {
+		atomic.OrUint64(&f.dirty[(fr+i)/64], 1<<((fr+i)%64))
+	}
+	return f.alloc.Put(f.cpu(), fr, order)
+}
+
+// Alloc4K returns a zeroed 4 KiB frame.
+func (f *Frames) Alloc4K() (uintptr, error) { return f.Get(0, true) }
+
+// Alloc2M returns a zeroed, 2 MiB-aligned 2 MiB frame.
+func (f *Frames) Alloc2M() (uintptr, error) { return f.Get(9, true) }
 
 // Free4K returns a 4 KiB frame for reuse.
-func (f *Frames) Free4K(pa uintptr) {
-	*(*uintptr)(f.ptr(pa)) = f.free4
-	f.free4 = pa
-	f.Used -= PageSize
-}
+func (f *Frames) Free4K(pa uintptr) error { return f.Put(pa, 0) }
 
 // Free2M returns a 2 MiB frame for reuse.
-func (f *Frames) Free2M(pa uintptr) {
-	*(*uintptr)(f.ptr(pa)) = f.free2
-	f.free2 = pa
-	f.Used -= HugeSize
-}
+func (f *Frames) Free2M(pa uintptr) error { return f.Put(pa, 9) }
 
 // Free reports the bytes still available.
-func (f *Frames) Free() uint64 { return f.Total - f.Used }
+func (f *Frames) Free() uint64 { return f.alloc.FreeFrames() * PageSize }
+
+// Used reports the bytes handed out.
+func (f *Frames) Used() uint64 { return f.Total - f.Free() }
+
+// FreeHuge reports the free, whole 2 MiB frames.
+func (f *Frames) FreeHuge() uint64 { return f.alloc.FreeHuge() }
 
 // PageTable edits a 4-level x86-64 page table rooted at Root (physical).
 // Writes counts every entry written: on the shadow-paging hosts we run on,

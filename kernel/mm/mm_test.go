@@ -33,7 +33,9 @@ var keepRAM []*fakeRAM
 func setup(t *testing.T) (*Frames, *PageTable) {
 	_, p := newRAM(t, 64<<20)
 	f := &Frames{}
-	f.Init(p, 0x200000, 0x200000+64<<20)
+	if err := f.Init(p, 0x200000, 0x200000+64<<20, 2); err != nil {
+		t.Fatal(err)
+	}
 	root, err := f.Alloc4K()
 	if err != nil {
 		t.Fatal(err)
@@ -123,7 +125,9 @@ func TestPopulate(t *testing.T) {
 func TestFramesExhaustion(t *testing.T) {
 	_, p := newRAM(t, 8<<20)
 	f := &Frames{}
-	f.Init(p, 0x200000, 0x200000+8<<20)
+	if err := f.Init(p, 0x200000, 0x200000+8<<20, 1); err != nil {
+		t.Fatal(err)
+	}
 	n := 0
 	for {
 		if _, err := f.Alloc4K(); err != nil {
@@ -134,8 +138,8 @@ func TestFramesExhaustion(t *testing.T) {
 		}
 		n++
 	}
-	if n != 8<<20/PageSize {
-		t.Fatalf("allocated %d frames of %d", n, 8<<20/PageSize)
+	if uint64(n) != f.Total/PageSize || f.Free() != 0 {
+		t.Fatalf("allocated %d frames of %d (free %d)", n, f.Total/PageSize, f.Free())
 	}
 	if _, err := f.Alloc2M(); err != ErrNoMemory {
 		t.Fatal("2M allocation from an exhausted allocator")
@@ -145,13 +149,36 @@ func TestFramesExhaustion(t *testing.T) {
 func TestFramesReuseZeroes(t *testing.T) {
 	_, p := newRAM(t, 8<<20)
 	f := &Frames{}
-	f.Init(p, 0x200000, 0x200000+8<<20)
-	a, _ := f.Alloc4K()
-	*(*byte)(f.ptr(a + 100)) = 7
-	f.Free4K(a)
-	b, _ := f.Alloc4K()
-	if b != a || *(*byte)(f.ptr(b + 100)) != 0 {
-		t.Fatalf("reused frame %#x (was %#x) not zero", b, a)
+	if err := f.Init(p, 0x200000, 0x200000+8<<20, 1); err != nil {
+		t.Fatal(err)
+	}
+	// Dirty every frame, free them all, and take them again: each must be
+	// zero (the kernel's own users ask for zeroed frames).
+	var all []uintptr
+	for {
+		a, err := f.Alloc4K()
+		if err != nil {
+			break
+		}
+		*(*byte)(f.ptr(a + 100)) = 7
+		all = append(all, a)
+	}
+	for _, a := range all {
+		if err := f.Free4K(a); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := f.Free4K(all[0]); err == nil {
+		t.Fatal("double free accepted")
+	}
+	for range all {
+		b, err := f.Alloc4K()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if *(*byte)(f.ptr(b + 100)) != 0 {
+			t.Fatalf("reused frame %#x not zero", b)
+		}
 	}
 }
 
