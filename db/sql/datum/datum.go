@@ -45,10 +45,10 @@ type Value struct {
 var Null = Value{}
 
 // Constructors.
-func Int(i int64) Value       { return Value{K: KInt, I: i} }
-func Float(f float64) Value   { return Value{K: KFloat, F: f} }
-func Text(s string) Value     { return Value{K: KText, S: s} }
-func Date(days int64) Value   { return Value{K: KDate, I: days} }
+func Int(i int64) Value        { return Value{K: KInt, I: i} }
+func Float(f float64) Value    { return Value{K: KFloat, F: f} }
+func Text(s string) Value      { return Value{K: KText, S: s} }
+func Date(days int64) Value    { return Value{K: KDate, I: days} }
 func Timestamp(us int64) Value { return Value{K: KTimestamp, I: us} }
 func Numeric(d *apd.Decimal) Value {
 	return Value{K: KNumeric, D: d}

@@ -444,6 +444,25 @@ func (c *compiler) compile(e tree.Expr, sc *scope, want datum.Type) (*expr, erro
 			b.WriteByte('}')
 			return datum.Text(b.String()), nil
 		}, parts...), nil
+	case *tree.ArrayFlatten:
+		sub, ok := n.Subquery.(*tree.Subquery)
+		if !ok {
+			return nil, sqlerr.New(sqlerr.FeatureNotSupported, "ARRAY(%s) is not supported", tree.AsString(n.Subquery))
+		}
+		p, _, err := c.planSubquery(sub.Select, sc)
+		if err != nil {
+			return nil, err
+		}
+		return mk(datum.Type{OID: datum.OIDTextArray, Typmod: -1}, func(rc *runCtx, row Row) (datum.Value, error) {
+			var parts []string
+			rc.outer = append(rc.outer, row)
+			err := p.run(rc, func(r Row) error { parts = append(parts, r[0].String()); return nil })
+			rc.outer = rc.outer[:len(rc.outer)-1]
+			if err != nil {
+				return datum.Null, err
+			}
+			return datum.Text("{" + strings.Join(parts, ",") + "}"), nil
+		}), nil
 	case *tree.IsOfTypeExpr:
 		return nil, sqlerr.New(sqlerr.FeatureNotSupported, "IS OF is not supported")
 	}
@@ -636,7 +655,7 @@ func (c *compiler) comparison(n *tree.ComparisonExpr, sc *scope) (*expr, error) 
 	case tree.In, tree.NotIn:
 		return c.inExpr(n, sc)
 	case tree.Any, tree.Some, tree.All:
-		return nil, sqlerr.New(sqlerr.FeatureNotSupported, "ANY/ALL are not supported")
+		return c.anyAll(n, sc)
 	}
 	a, b, err := c.compilePair(n.Left, n.Right, sc)
 	if err != nil {
@@ -1269,3 +1288,79 @@ func (c *compiler) planSubquery(sel tree.SelectStatement, sc *scope) (plan, bool
 func epochNow() int64 { return time.Now().UnixMicro() }
 
 var errStop = fmt.Errorf("exec: stop")
+
+// anyAll compiles x op ANY/ALL (array or subquery).
+func (c *compiler) anyAll(n *tree.ComparisonExpr, sc *scope) (*expr, error) {
+	x, err := c.compile(n.Left, sc, datum.Type{})
+	if err != nil {
+		return nil, err
+	}
+	all := n.Operator == tree.All
+	op := n.SubOperator
+	var list func(rc *runCtx, row Row) ([]datum.Value, error)
+	if sub, ok := n.Right.(*tree.Subquery); ok {
+		p, _, err := c.planSubquery(sub.Select, sc)
+		if err != nil {
+			return nil, err
+		}
+		list = func(rc *runCtx, row Row) ([]datum.Value, error) {
+			var vals []datum.Value
+			rc.outer = append(rc.outer, row)
+			err := p.run(rc, func(r Row) error { vals = append(vals, r[0]); return nil })
+			rc.outer = rc.outer[:len(rc.outer)-1]
+			return vals, err
+		}
+	} else {
+		arr, err := c.compile(n.Right, sc, datum.Type{})
+		if err != nil {
+			return nil, err
+		}
+		list = func(rc *runCtx, row Row) ([]datum.Value, error) {
+			v, err := arr.fn(rc, row)
+			if err != nil || v.IsNull() {
+				return nil, err
+			}
+			s := strings.Trim(v.String(), "{}")
+			if s == "" {
+				return nil, nil
+			}
+			var out []datum.Value
+			for _, e := range strings.Split(s, ",") {
+				ev, err := datum.Cast(datum.Text(e), x.t)
+				if err != nil {
+					ev = datum.Text(e)
+				}
+				out = append(out, ev)
+			}
+			return out, nil
+		}
+	}
+	return mk(datum.TBool, func(rc *runCtx, row Row) (datum.Value, error) {
+		v, err := x.fn(rc, row)
+		if err != nil || v.IsNull() {
+			return datum.Null, err
+		}
+		vals, err := list(rc, row)
+		if err != nil {
+			return datum.Null, err
+		}
+		null := false
+		for _, w := range vals {
+			if w.IsNull() {
+				null = true
+				continue
+			}
+			r := cmpResult(op, datum.Compare(v, w))
+			if r && !all {
+				return datum.Bool(true), nil
+			}
+			if !r && all {
+				return datum.Bool(false), nil
+			}
+		}
+		if null {
+			return datum.Null, nil
+		}
+		return datum.Bool(all), nil
+	}, x), nil
+}

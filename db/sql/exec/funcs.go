@@ -33,7 +33,7 @@ type scalarFn struct {
 	ret  func(args []*expr) datum.Type
 	eval func(rc *runCtx, args []datum.Value) (datum.Value, error)
 	// strict: NULL in, NULL out.
-	strict bool
+	strict           bool
 	minArgs, maxArgs int
 }
 
@@ -75,9 +75,11 @@ func init() {
 		"pg_backend_pid": {ret: fixed(datum.TInt4), eval: func(rc *runCtx, _ []datum.Value) (datum.Value, error) {
 			return datum.Int(int64(rc.s.ID)), nil
 		}},
-		"lower":  {strict: true, ret: text, minArgs: 1, eval: str(func(s string, _ []datum.Value) (datum.Value, error) { return datum.Text(strings.ToLower(s)), nil })},
-		"upper":  {strict: true, ret: text, minArgs: 1, eval: str(func(s string, _ []datum.Value) (datum.Value, error) { return datum.Text(strings.ToUpper(s)), nil })},
-		"length": {strict: true, ret: fixed(datum.TInt4), minArgs: 1, eval: str(func(s string, _ []datum.Value) (datum.Value, error) { return datum.Int(int64(utf8.RuneCountInString(s))), nil })},
+		"lower": {strict: true, ret: text, minArgs: 1, eval: str(func(s string, _ []datum.Value) (datum.Value, error) { return datum.Text(strings.ToLower(s)), nil })},
+		"upper": {strict: true, ret: text, minArgs: 1, eval: str(func(s string, _ []datum.Value) (datum.Value, error) { return datum.Text(strings.ToUpper(s)), nil })},
+		"length": {strict: true, ret: fixed(datum.TInt4), minArgs: 1, eval: str(func(s string, _ []datum.Value) (datum.Value, error) {
+			return datum.Int(int64(utf8.RuneCountInString(s))), nil
+		})},
 		"char_length": {strict: true, ret: fixed(datum.TInt4), minArgs: 1, eval: str(func(s string, _ []datum.Value) (datum.Value, error) {
 			return datum.Int(int64(utf8.RuneCountInString(s))), nil
 		})},
@@ -144,10 +146,10 @@ func init() {
 			}
 			return datum.Null, sqlerr.New(sqlerr.UndefinedFunction, "function abs(%s) does not exist", a[0].KindName())
 		}},
-		"round": {strict: true, ret: roundType, minArgs: 1, maxArgs: 2, eval: roundFn(apd.RoundHalfUp)},
-		"trunc": {strict: true, ret: roundType, minArgs: 1, maxArgs: 2, eval: roundFn(apd.RoundDown)},
-		"floor": {strict: true, ret: roundType, minArgs: 1, eval: roundFn(apd.RoundFloor)},
-		"ceil":  {strict: true, ret: roundType, minArgs: 1, eval: roundFn(apd.RoundCeiling)},
+		"round":   {strict: true, ret: roundType, minArgs: 1, maxArgs: 2, eval: roundFn(apd.RoundHalfUp)},
+		"trunc":   {strict: true, ret: roundType, minArgs: 1, maxArgs: 2, eval: roundFn(apd.RoundDown)},
+		"floor":   {strict: true, ret: roundType, minArgs: 1, eval: roundFn(apd.RoundFloor)},
+		"ceil":    {strict: true, ret: roundType, minArgs: 1, eval: roundFn(apd.RoundCeiling)},
 		"ceiling": {strict: true, ret: roundType, minArgs: 1, eval: roundFn(apd.RoundCeiling)},
 		"sqrt": {strict: true, ret: fixed(datum.TFloat8), minArgs: 1, eval: func(_ *runCtx, a []datum.Value) (datum.Value, error) {
 			return datum.Float(math.Sqrt(a[0].AsFloat())), nil
@@ -158,28 +160,29 @@ func init() {
 		"mod": {strict: true, ret: firstArg, minArgs: 2, eval: func(_ *runCtx, a []datum.Value) (datum.Value, error) {
 			return arith(tree.Mod, a[0], a[1], datum.DefaultType(a[0].K))
 		}},
-		"random": {ret: fixed(datum.TFloat8), eval: func(*runCtx, []datum.Value) (datum.Value, error) { return datum.Float(rand.Float64()), nil }},
+		"random":    {ret: fixed(datum.TFloat8), eval: func(*runCtx, []datum.Value) (datum.Value, error) { return datum.Float(rand.Float64()), nil }},
 		"extract":   {strict: true, ret: fixed(datum.TNumeric), minArgs: 2, eval: extract},
 		"date_part": {strict: true, ret: fixed(datum.TFloat8), minArgs: 2, eval: extract},
 		// Catalog helpers psql uses.
-		"pg_table_is_visible":    {ret: fixed(datum.TBool), eval: constFn(datum.Bool(true))},
-		"pg_type_is_visible":     {ret: fixed(datum.TBool), eval: constFn(datum.Bool(true))},
-		"pg_function_is_visible": {ret: fixed(datum.TBool), eval: constFn(datum.Bool(true))},
-		"has_table_privilege":    {ret: fixed(datum.TBool), eval: constFn(datum.Bool(true))},
-		"has_schema_privilege":   {ret: fixed(datum.TBool), eval: constFn(datum.Bool(true))},
-		"has_database_privilege": {ret: fixed(datum.TBool), eval: constFn(datum.Bool(true))},
-		"pg_is_in_recovery":      {ret: fixed(datum.TBool), eval: constFn(datum.Bool(false))},
-		"pg_get_userbyid":        {ret: fixed(datum.TName), eval: constFn(datum.Text("cumulus"))},
-		"pg_encoding_to_char":    {ret: fixed(datum.TName), eval: constFn(datum.Text("UTF8"))},
-		"obj_description":        {ret: text, eval: constFn(datum.Null)},
-		"col_description":        {ret: text, eval: constFn(datum.Null)},
-		"shobj_description":      {ret: text, eval: constFn(datum.Null)},
-		"pg_get_partkeydef":      {ret: text, eval: constFn(datum.Null)},
+		"pg_table_is_visible":             {ret: fixed(datum.TBool), eval: constFn(datum.Bool(true))},
+		"pg_type_is_visible":              {ret: fixed(datum.TBool), eval: constFn(datum.Bool(true))},
+		"pg_function_is_visible":          {ret: fixed(datum.TBool), eval: constFn(datum.Bool(true))},
+		"has_table_privilege":             {ret: fixed(datum.TBool), eval: constFn(datum.Bool(true))},
+		"has_schema_privilege":            {ret: fixed(datum.TBool), eval: constFn(datum.Bool(true))},
+		"has_database_privilege":          {ret: fixed(datum.TBool), eval: constFn(datum.Bool(true))},
+		"pg_relation_is_publishable":      {ret: fixed(datum.TBool), eval: constFn(datum.Bool(false))},
+		"pg_is_in_recovery":               {ret: fixed(datum.TBool), eval: constFn(datum.Bool(false))},
+		"pg_get_userbyid":                 {ret: fixed(datum.TName), eval: constFn(datum.Text("cumulus"))},
+		"pg_encoding_to_char":             {ret: fixed(datum.TName), eval: constFn(datum.Text("UTF8"))},
+		"obj_description":                 {ret: text, eval: constFn(datum.Null)},
+		"col_description":                 {ret: text, eval: constFn(datum.Null)},
+		"shobj_description":               {ret: text, eval: constFn(datum.Null)},
+		"pg_get_partkeydef":               {ret: text, eval: constFn(datum.Null)},
 		"pg_get_statisticsobjdef_columns": {ret: text, eval: constFn(datum.Null)},
-		"array_to_string":        {strict: true, ret: text, minArgs: 2, maxArgs: 3, eval: arrayToString},
-		"pg_relation_size":       {ret: fixed(datum.TInt8), eval: constFn(datum.Int(0))},
-		"pg_total_relation_size": {ret: fixed(datum.TInt8), eval: constFn(datum.Int(0))},
-		"pg_table_size":          {ret: fixed(datum.TInt8), eval: constFn(datum.Int(0))},
+		"array_to_string":                 {strict: true, ret: text, minArgs: 2, maxArgs: 3, eval: arrayToString},
+		"pg_relation_size":                {ret: fixed(datum.TInt8), eval: constFn(datum.Int(0))},
+		"pg_total_relation_size":          {ret: fixed(datum.TInt8), eval: constFn(datum.Int(0))},
+		"pg_table_size":                   {ret: fixed(datum.TInt8), eval: constFn(datum.Int(0))},
 		"pg_size_pretty": {strict: true, ret: text, minArgs: 1, eval: func(_ *runCtx, a []datum.Value) (datum.Value, error) {
 			return datum.Text(fmt.Sprintf("%d bytes", a[0].I)), nil
 		}},

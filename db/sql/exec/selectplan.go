@@ -67,7 +67,7 @@ type renameNode struct {
 	cs []col
 }
 
-func (n *renameNode) cols() []col                               { return n.cs }
+func (n *renameNode) cols() []col                                { return n.cs }
 func (n *renameNode) run(rc *runCtx, emit func(Row) error) error { return n.in.run(rc, emit) }
 
 type valuesNode struct {
@@ -331,12 +331,12 @@ func (n *applyJoin) run(rc *runCtx, emit func(Row) error) error {
 // hashJoin builds a hash table on the right input's keys and probes it
 // with the left rows.
 type hashJoin struct {
-	left, right   plan
-	lkeys, rkeys  []*expr
-	extra         *expr // residual condition over the joined row
-	leftOuter     bool
-	cs            []col
-	nRight        int
+	left, right  plan
+	lkeys, rkeys []*expr
+	extra        *expr // residual condition over the joined row
+	leftOuter    bool
+	cs           []col
+	nRight       int
 }
 
 func (n *hashJoin) cols() []col { return n.cs }

@@ -7,6 +7,7 @@
 package parse
 
 import (
+	"regexp"
 	"strings"
 
 	"github.com/auxten/postgresql-parser/pkg/sql/parser"
@@ -49,9 +50,9 @@ type Vacuum struct {
 
 // Set is SET [SESSION|LOCAL] name {TO|=} value.
 type Set struct {
-	Name  string
-	Value string // "" with Default
-	Local bool
+	Name    string
+	Value   string // "" with Default
+	Local   bool
 	Default bool
 }
 
@@ -136,20 +137,19 @@ func trunc(s string) string {
 
 // rewrite replaces spellings psql uses that the parser does not accept.
 func rewrite(sql string) string {
-	if !strings.Contains(sql, "OPERATOR(") && !strings.Contains(sql, "COLLATE pg_catalog.default") &&
-		!strings.Contains(sql, "::pg_catalog.regclass") {
+	if !strings.Contains(sql, "pg_catalog.") {
 		return sql
 	}
-	r := strings.NewReplacer(
-		"OPERATOR(pg_catalog.~)", "~",
-		"OPERATOR(pg_catalog.!~)", "!~",
-		"OPERATOR(pg_catalog.~~)", "LIKE",
-		"OPERATOR(pg_catalog.=)", "=",
-		"COLLATE pg_catalog.default", "",
-		"::pg_catalog.regclass", "::regclass",
-	)
-	return r.Replace(sql)
+	sql = operatorRE.ReplaceAllString(sql, " $1 ")
+	return catalogRewriter.Replace(sql)
 }
+
+var operatorRE = regexp.MustCompile(`OPERATOR\(pg_catalog\.([^)]+)\)`)
+
+var catalogRewriter = strings.NewReplacer(
+	"COLLATE pg_catalog.default", "",
+	"::pg_catalog.", "::",
+)
 
 // Split splits a query string at top-level semicolons, respecting quotes,
 // dollar quotes and comments. Empty statements are dropped unless the whole
