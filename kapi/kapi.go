@@ -178,3 +178,30 @@ func AlignedBuffer(n, align int) []byte {
 func Aligned(b []byte, align int) bool {
 	return len(b) == 0 || addrOf(b)&uintptr(align-1) == 0
 }
+
+// Frames hands out physically contiguous memory through the direct map
+// (DESIGN §3 "frames"): the database's analytical memory and its own
+// caches, outside the Go heap. Kernels that can offer it implement this
+// interface on their Kernel value; use AsFrames to get it.
+type Frames interface {
+	// FramesAlloc returns 2^order contiguous 4 KiB frames (order 0 = 4 KiB,
+	// 9 = 2 MiB, 18 = 1 GiB where memory allows). Contents are
+	// unspecified. A full machine returns an error wrapping ErrNoMemory.
+	FramesAlloc(order int) ([]byte, error)
+	// FramesFree returns frames from FramesAlloc with the same order.
+	FramesFree(b []byte, order int) error
+	// FreePhysMem and TotalPhysMem report the frame pool in bytes.
+	FreePhysMem() uint64
+	TotalPhysMem() uint64
+}
+
+// ErrNoMemory reports exhausted physical memory.
+var ErrNoMemory = errors.New("kapi: out of memory")
+
+// AsFrames returns k's frame allocator, or ErrUnsupported.
+func AsFrames(k Kernel) (Frames, error) {
+	if f, ok := k.(Frames); ok {
+		return f, nil
+	}
+	return nil, fmt.Errorf("kapi: %s has no frame allocator: %w", k.Name(), ErrUnsupported)
+}

@@ -324,7 +324,8 @@ func (m *machine) setup(img *Image) error {
 		PerCPUBase: l.perCPU, ThreadsBase: l.threads,
 		TSCKHz: tscKHz, BootTSC: m.bootTSC, BootUnixNano: uint64(now.UnixNano()),
 		ImageEnd: imageEnd, MainStackTop: l.mainStack + boot.MainStackSize,
-		TSCMult: (1_000_000 << 32) / max(tscKHz, 1),
+		TSCMult:    (1_000_000 << 32) / max(tscKHz, 1),
+		KCallEntry: m.kern.byName[boot.SymKCallEntry].Value,
 	}
 	m.buildVDSO()
 	copy(m.mem[boot.BootInfoAddr:], unsafe.Slice((*byte)(unsafe.Pointer(&biv)), unsafe.Sizeof(biv)))

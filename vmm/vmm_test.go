@@ -154,6 +154,16 @@ func TestKapi(t *testing.T) {
 	expectOK(t, boot(t, 2, 512<<20, time.Minute, "kapi"), "kapi")
 }
 
+// TestFrames: kapi frames inside the image come from the kernel's LLFree
+// allocator through kernel calls: aligned huge frames, double frees
+// refused, and a concurrent stress on all vCPUs that never hands a frame to
+// two owners and gives every frame back.
+func TestFrames(t *testing.T) {
+	for _, cpus := range []int{1, 2} {
+		expectOK(t, boot(t, cpus, 512<<20, 2*time.Minute, "frames"), "frames")
+	}
+}
+
 // TestShares: host directories in the guest, read-write and read-only.
 func TestShares(t *testing.T) {
 	img := guestImage(t)

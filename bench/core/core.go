@@ -47,7 +47,14 @@ type Row struct {
 	HCPerSec      float64 `json:"image_hypercalls_per_s"`
 	EntryPerSec   float64 `json:"image_kernel_entries_per_s"`
 	SyscallsPerOp float64 `json:"image_syscalls_per_op"`
+	LinuxFreeNs   float64 `json:"linux_free_ns_per_op,omitempty"`
+	ImageFreeNs   float64 `json:"image_free_ns_per_op,omitempty"`
 }
+
+// AllocBenchmarks: a kernel call against a Linux system call, and the
+// second talk's bulk workload through kapi.Frames by thread count (4 is
+// over-committed on a 2-vCPU machine).
+var AllocBenchmarks = []string{"kernel-call", "frames-bulk-1", "frames-bulk-2", "frames-bulk-4"}
 
 // Startup compares process start and VM boot.
 type Startup struct {
@@ -145,7 +152,7 @@ func Run(o Options) (*Report, error) {
 	imageNs := map[string]float64{}
 	for _, name := range names {
 		fmt.Fprintf(o.Progress, "%-16s linux...", name)
-		lin, err := linuxRun(bin, name, o.CPUs)
+		lin, linFree, err := linuxRun(bin, name, o.CPUs)
 		if err != nil {
 			return nil, err
 		}
@@ -164,7 +171,7 @@ func Run(o Options) (*Report, error) {
 		if err != nil {
 			return nil, err
 		}
-		imgNs, ops, err := parse(out)
+		imgNs, ops, imgFree, err := parse(out)
 		if err != nil {
 			return nil, fmt.Errorf("bench: %s in image: %w", name, err)
 		}
@@ -178,7 +185,8 @@ func Run(o Options) (*Report, error) {
 		row := Row{Name: name, LinuxNs: lin, ImageNs: imgNs, Ratio: imgNs / lin,
 			ExitsPerSec: float64(res.Stats.Exits) / secs, HCPerSec: float64(hc) / secs,
 			EntryPerSec:   float64(entries) / secs,
-			SyscallsPerOp: float64(int64(res.Stats.Syscalls)-int64(rep.Startup.ImageSyscalls)) / float64(ops)}
+			SyscallsPerOp: float64(int64(res.Stats.Syscalls)-int64(rep.Startup.ImageSyscalls)) / float64(ops),
+			LinuxFreeNs:   linFree, ImageFreeNs: imgFree}
 		fmt.Fprintf(o.Progress, " %.1f ns/op (%.2fx)\n", imgNs, row.Ratio)
 		rep.Rows = append(rep.Rows, row)
 		imageNs[name] = imgNs
@@ -203,15 +211,15 @@ func runImage(img *vmm.Image, o Options, arg string) (vmm.Result, string, error)
 	return res, out.String(), nil
 }
 
-func linuxRun(bin, name string, cpus int) (float64, error) {
+func linuxRun(bin, name string, cpus int) (float64, float64, error) {
 	cmd := exec.Command(bin, name)
 	cmd.Env = append(os.Environ(), fmt.Sprintf("GOMAXPROCS=%d", cpus))
 	out, err := cmd.Output()
 	if err != nil {
-		return 0, fmt.Errorf("bench: linux %s: %w", name, err)
+		return 0, 0, fmt.Errorf("bench: linux %s: %w", name, err)
 	}
-	ns, _, err := parse(string(out))
-	return ns, err
+	ns, _, free, err := parse(string(out))
+	return ns, free, err
 }
 
 // linuxStartup times exec → first line of output, and exec → exit.
@@ -237,17 +245,18 @@ func linuxStartup(bin string) (toMain, total float64, err error) {
 	return toMain, ms(time.Since(start)), nil
 }
 
-func parse(out string) (float64, int, error) {
+func parse(out string) (ns float64, ops int, freeNs float64, err error) {
 	for _, line := range strings.Split(out, "\n") {
 		var r struct {
-			NsPerOp float64 `json:"ns_per_op"`
-			Ops     int     `json:"ops"`
+			NsPerOp  float64 `json:"ns_per_op"`
+			Ops      int     `json:"ops"`
+			FreeNsOp float64 `json:"free_ns_per_op"`
 		}
 		if json.Unmarshal([]byte(line), &r) == nil && r.Ops > 0 {
-			return r.NsPerOp, r.Ops, nil
+			return r.NsPerOp, r.Ops, r.FreeNsOp, nil
 		}
 	}
-	return 0, 0, fmt.Errorf("no result in output %q", out)
+	return 0, 0, 0, fmt.Errorf("no result in output %q", out)
 }
 
 // Table renders the report for a terminal.
@@ -260,6 +269,9 @@ func (r *Report) Table() string {
 	fmt.Fprintf(&b, "%-16s %12s %12s %8s %10s %12s %12s %10s\n", "benchmark", "linux ns/op", "image ns/op", "ratio", "exits/s", "hypercall/s", "k-entries/s", "sys/op")
 	for _, x := range r.Rows {
 		fmt.Fprintf(&b, "%-16s %12.1f %12.1f %7.2fx %10.0f %12.0f %12.0f %10.4f\n", x.Name, x.LinuxNs, x.ImageNs, x.Ratio, x.ExitsPerSec, x.HCPerSec, x.EntryPerSec, x.SyscallsPerOp)
+		if x.ImageFreeNs != 0 {
+			fmt.Fprintf(&b, "%-16s %12.1f %12.1f %7.2fx   (free)\n", "", x.LinuxFreeNs, x.ImageFreeNs, x.ImageFreeNs/x.LinuxFreeNs)
+		}
 	}
 	return b.String()
 }

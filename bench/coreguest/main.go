@@ -10,13 +10,14 @@ import (
 	"os"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 	"unsafe"
 
 	"github.com/cumulusdb/cumulus/kapi"
 	_ "github.com/cumulusdb/cumulus/kapi/linux"
-	_ "github.com/cumulusdb/cumulus/kapi/unikernel"
+	"github.com/cumulusdb/cumulus/kapi/unikernel"
 )
 
 func fail(err error) {
@@ -25,10 +26,13 @@ func fail(err error) {
 }
 
 type result struct {
-	Name    string  `json:"name"`
-	NsPerOp float64 `json:"ns_per_op"`
-	Ops     int     `json:"ops"`
+	Name     string  `json:"name"`
+	NsPerOp  float64 `json:"ns_per_op"`
+	Ops      int     `json:"ops"`
+	FreeNsOp float64 `json:"free_ns_per_op,omitempty"`
 }
+
+var freePerOp float64
 
 func main() {
 	if len(os.Args) < 2 {
@@ -175,6 +179,66 @@ func main() {
 		if resident == 0 || resident == ops {
 			fail(fmt.Errorf("implausible residency: %d of %d", resident, ops))
 		}
+	case "kernel-call":
+		// The cheapest way into the kernel: a kernel call in the image,
+		// a system call (getpid) on Linux.
+		ops = 2_000_000
+		inImage := unikernel.Probe()
+		start := time.Now()
+		for i := 0; i < ops; i++ {
+			if inImage {
+				unikernel.KernelCallNop()
+			} else {
+				syscall.Getpid()
+			}
+		}
+		el = time.Since(start)
+	case "frames-bulk-1", "frames-bulk-2", "frames-bulk-4":
+		// The second talk's bulk benchmark through kapi: each thread
+		// allocates N 4 KiB frames, then frees them. In the image: LLFree
+		// by kernel call; on Linux: mmap+populate+munmap per frame (N/4 per
+		// thread there, as Linux caps a process's mappings).
+		threads := int(name[len(name)-1] - '0')
+		k, _ := kapi.Default()
+		fr, err := kapi.AsFrames(k)
+		if err != nil {
+			fail(err)
+		}
+		per := 200_000
+		if !unikernel.Probe() {
+			per /= 4
+		}
+		var wg sync.WaitGroup
+		var allocNs, freeNs atomic.Int64
+		for g := 0; g < threads; g++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				runtime.LockOSThread()
+				held := make([][]byte, per)
+				t0 := time.Now()
+				for i := range held {
+					b, err := fr.FramesAlloc(0)
+					if err != nil {
+						fail(err)
+					}
+					held[i] = b
+				}
+				t1 := time.Now()
+				for _, b := range held {
+					if err := fr.FramesFree(b, 0); err != nil {
+						fail(err)
+					}
+				}
+				allocNs.Add(int64(t1.Sub(t0)))
+				freeNs.Add(int64(time.Since(t1)))
+			}()
+		}
+		wg.Wait()
+		ops = per * threads
+		el = time.Duration(allocNs.Load() / int64(threads))
+		freePerOp = float64(freeNs.Load()) / float64(ops)
+		ops /= threads // ns per operation per thread
 	case "alloc-gc":
 		ops = 2_000_000
 		var keep [64][]byte
@@ -188,6 +252,6 @@ func main() {
 		fmt.Fprintf(os.Stderr, "unknown benchmark %q\n", name)
 		os.Exit(2)
 	}
-	b, _ := json.Marshal(result{Name: name, NsPerOp: float64(el.Nanoseconds()) / float64(ops), Ops: ops})
+	b, _ := json.Marshal(result{Name: name, NsPerOp: float64(el.Nanoseconds()) / float64(ops), Ops: ops, FreeNsOp: freePerOp})
 	fmt.Println(string(b))
 }

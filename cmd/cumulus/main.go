@@ -20,6 +20,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cumulusdb/cumulus/bench/alloc"
 	"github.com/cumulusdb/cumulus/bench/core"
 	"github.com/cumulusdb/cumulus/vmm"
 	"github.com/cumulusdb/cumulus/vmm/build"
@@ -38,6 +39,7 @@ func usage() {
   cumulus test [go test flags] PACKAGES      run package tests inside images
   cumulus bench core [-cpus N] [-out DIR]    kernel-entry micro-benchmarks, image vs Linux
   cumulus bench presence [-out DIR]          page-presence checks: page-table walk vs mincore/pagemap
+  cumulus bench alloc [-out DIR]             frame allocation: LLFree (image, by kernel call) vs mmap, Go heap
 `)
 	os.Exit(2)
 }
@@ -313,6 +315,27 @@ func cmdBench(args []string) error {
 		usage()
 	}
 	switch args[0] {
+	case "alloc":
+		fs := flag.NewFlagSet("bench alloc", flag.ExitOnError)
+		out := fs.String("out", "out/bench", "directory for the reports")
+		fs.Parse(args[1:])
+		fmt.Fprintln(os.Stderr, "cumulus: allocators in one Linux process (llfree as a library, mmap, Go heap)...")
+		lin, err := alloc.Run(alloc.Options{})
+		if err != nil {
+			return err
+		}
+		fmt.Print(lin.Table())
+		os.MkdirAll(*out, 0o755)
+		lin.WriteJSON(filepath.Join(*out, "alloc-linux.json"))
+		lin.WritePNG(filepath.Join(*out, "alloc-linux.png"))
+		fmt.Fprintln(os.Stderr, "cumulus: kapi.Frames in the image (LLFree by kernel call) vs on Linux (mmap+populate+munmap)...")
+		rep, err := core.Run(core.Options{Name: "alloc", CPUs: 2, MemBytes: 4 << 30, OutDir: *out, Only: core.AllocBenchmarks, Progress: os.Stderr})
+		if err != nil {
+			return err
+		}
+		fmt.Print(rep.Table())
+		fmt.Fprintf(os.Stderr, "cumulus: wrote %s/alloc-linux.{json,png} and %s/alloc.{json,png}\n", *out, *out)
+		return nil
 	case "presence":
 		fs := flag.NewFlagSet("bench presence", flag.ExitOnError)
 		out := fs.String("out", "out/bench", "directory for presence.json and presence.png")
