@@ -170,6 +170,15 @@ func init() {
 		"has_table_privilege":             {ret: fixed(datum.TBool), eval: constFn(datum.Bool(true))},
 		"has_schema_privilege":            {ret: fixed(datum.TBool), eval: constFn(datum.Bool(true))},
 		"has_database_privilege":          {ret: fixed(datum.TBool), eval: constFn(datum.Bool(true))},
+		"current_schemas": {ret: fixed(datum.Type{OID: datum.OIDTextArray, Typmod: -1}), eval: constFn(datum.Text("{pg_catalog,public}"))},
+		"array_position": {strict: true, ret: fixed(datum.TInt4), minArgs: 2, eval: func(_ *runCtx, a []datum.Value) (datum.Value, error) {
+			for k, e := range strings.Split(strings.Trim(a[0].String(), "{}"), ",") {
+				if e == a[1].String() {
+					return datum.Int(int64(k + 1)), nil
+				}
+			}
+			return datum.Null, nil
+		}},
 		"pg_relation_is_publishable":      {ret: fixed(datum.TBool), eval: constFn(datum.Bool(false))},
 		"pg_is_in_recovery":               {ret: fixed(datum.TBool), eval: constFn(datum.Bool(false))},
 		"pg_get_userbyid":                 {ret: fixed(datum.TName), eval: constFn(datum.Text("cumulus"))},

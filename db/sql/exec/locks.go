@@ -41,13 +41,20 @@ func (s *Session) lockRow(table string, key []byte) error {
 			lt.mu.Unlock()
 			return nil
 		}
-		for o := l.owner; o != nil; o = o.waiting {
+		// Follow the chain of lock waits: owner, the owner of the lock it
+		// waits for, ...
+		for o := l.owner; o != nil; {
 			if o == s {
 				lt.mu.Unlock()
 				return sqlerr.New(sqlerr.DeadlockDetected, "deadlock detected")
 			}
+			next := lt.m[o.waitKey]
+			if o.waitKey == "" || next == nil {
+				break
+			}
+			o = next.owner
 		}
-		s.waiting = l.owner
+		s.waitKey = k
 		ch := l.done
 		lt.mu.Unlock()
 		select {
@@ -55,7 +62,7 @@ func (s *Session) lockRow(table string, key []byte) error {
 		case <-time.After(lockWait):
 		}
 		lt.mu.Lock()
-		s.waiting = nil
+		s.waitKey = ""
 		lt.mu.Unlock()
 		if s.canceled.Load() {
 			return sqlerr.New(sqlerr.QueryCanceled, "canceling statement due to user request")

@@ -443,8 +443,8 @@ func emptyCatalogPlan(st parse.Stmt) stmtPlan {
 		return nil
 	}
 	empty := false
-	for name, v := range vtables {
-		if v.rows == nil && strings.Contains(st.SQL, "pg_catalog."+name+" ") {
+	for _, name := range []string{"pg_publication", "pg_publication_rel", "pg_policy", "pg_statistic_ext"} {
+		if strings.Contains(st.SQL, "pg_catalog."+name+" ") {
 			empty = true
 		}
 	}

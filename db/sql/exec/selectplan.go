@@ -545,17 +545,29 @@ func (c *compiler) planFrom(from tree.TableExprs, where []tree.Expr, outer *scop
 	if len(from) == 0 {
 		return oneRowNode{}, &scope{parent: outer}, where, nil
 	}
-	items, err := c.flattenAndResolve(from, outer)
+	flat, err := flattenFrom(from)
 	if err != nil {
 		return nil, nil, nil, err
 	}
+	items := make([]resolvedItem, len(flat))
 	pending := append([]tree.Expr(nil), where...)
 	// WHERE conjuncts may not be pushed below the null-extended side of a
 	// LEFT JOIN.
 	var cur plan
 	var curScope *scope
-	for i, it := range items {
-		src := it.src
+	for i, f := range flat {
+		// Later items see the earlier ones (as LATERAL would); that is
+		// also what the nested-loop join that runs them provides.
+		srcParent := outer
+		if i > 0 {
+			srcParent = curScope
+		}
+		src, err := c.resolveSource(f.te, srcParent)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		items[i] = resolvedItem{fromItem: f, src: src}
+		it := items[i]
 		var conds []tree.Expr
 		if it.leftOuter {
 			conds = append(conds, it.on...)
@@ -612,13 +624,6 @@ func (c *compiler) planFrom(from tree.TableExprs, where []tree.Expr, outer *scop
 					fs = append(fs, x)
 				}
 				right = &filterNode{in: right, cond: andAll(fs)}
-			}
-			if i > 0 {
-				var err error
-				hashed, err = c.tryHashJoin(src, curScope, conds, outer, lock)
-				if err != nil {
-					return nil, nil, nil, err
-				}
 			}
 		}
 		if i == 0 {

@@ -96,7 +96,7 @@ type Session struct {
 	state    byte
 	changes  *catalog.Changes
 	held     []string
-	waiting  *Session // guarded by eng.locks.mu
+	waitKey  string // the row lock being waited for; guarded by eng.locks.mu
 	settings map[string]string
 	parser   parse.Parser
 	canceled atomic.Bool
