@@ -164,13 +164,13 @@ func init() {
 		"extract":   {strict: true, ret: fixed(datum.TNumeric), minArgs: 2, eval: extract},
 		"date_part": {strict: true, ret: fixed(datum.TFloat8), minArgs: 2, eval: extract},
 		// Catalog helpers psql uses.
-		"pg_table_is_visible":             {ret: fixed(datum.TBool), eval: constFn(datum.Bool(true))},
-		"pg_type_is_visible":              {ret: fixed(datum.TBool), eval: constFn(datum.Bool(true))},
-		"pg_function_is_visible":          {ret: fixed(datum.TBool), eval: constFn(datum.Bool(true))},
-		"has_table_privilege":             {ret: fixed(datum.TBool), eval: constFn(datum.Bool(true))},
-		"has_schema_privilege":            {ret: fixed(datum.TBool), eval: constFn(datum.Bool(true))},
-		"has_database_privilege":          {ret: fixed(datum.TBool), eval: constFn(datum.Bool(true))},
-		"current_schemas": {ret: fixed(datum.Type{OID: datum.OIDTextArray, Typmod: -1}), eval: constFn(datum.Text("{pg_catalog,public}"))},
+		"pg_table_is_visible":    {ret: fixed(datum.TBool), eval: constFn(datum.Bool(true))},
+		"pg_type_is_visible":     {ret: fixed(datum.TBool), eval: constFn(datum.Bool(true))},
+		"pg_function_is_visible": {ret: fixed(datum.TBool), eval: constFn(datum.Bool(true))},
+		"has_table_privilege":    {ret: fixed(datum.TBool), eval: constFn(datum.Bool(true))},
+		"has_schema_privilege":   {ret: fixed(datum.TBool), eval: constFn(datum.Bool(true))},
+		"has_database_privilege": {ret: fixed(datum.TBool), eval: constFn(datum.Bool(true))},
+		"current_schemas":        {ret: fixed(datum.Type{OID: datum.OIDTextArray, Typmod: -1}), eval: constFn(datum.Text("{pg_catalog,public}"))},
 		"array_position": {strict: true, ret: fixed(datum.TInt4), minArgs: 2, eval: func(_ *runCtx, a []datum.Value) (datum.Value, error) {
 			for k, e := range strings.Split(strings.Trim(a[0].String(), "{}"), ",") {
 				if e == a[1].String() {
