@@ -133,19 +133,21 @@ func (l *spinlock) unlock() { l.v.Store(0) }
 // Stats are read by the monitor from guest memory at exit (symbol
 // kernel.stats), so the kernel never has to format them.
 type kstats struct {
-	Syscalls     [512]uint64
-	Unknown      uint64
-	Switches     uint64
-	Preempts     uint64
-	Halts        uint64
-	Kicks        uint64
-	Wakeups      uint64
-	SignalsSent  uint64
-	FramesUsed   uint64
-	PTWrites     uint64
-	Faults       uint64
-	PageFaults   uint64 // resolved by demand paging
-	SignalsFault uint64 // CPU exceptions delivered as signals
+	Syscalls        [512]uint64
+	Unknown         uint64
+	Switches        uint64
+	Preempts        uint64
+	Halts           uint64
+	Kicks           uint64
+	Wakeups         uint64
+	SignalsSent     uint64
+	FramesUsed      uint64
+	PTWrites        uint64
+	Faults          uint64
+	PageFaults      uint64 // resolved by demand paging
+	SignalsFault    uint64 // CPU exceptions delivered as signals
+	Shootdowns      uint64 // TLB shootdowns requested (all vCPUs flush)
+	FramesReclaimed uint64 // 4 KiB frames returned by munmap/MADV_DONTNEED
 }
 
 var stats kstats

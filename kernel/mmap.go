@@ -172,7 +172,7 @@ func sysMunmapImpl(addr, length uintptr) int64 {
 	}
 	mmlock.lock()
 	defer mmlock.unlock()
-	pt.Zero(addr, n)
+	discard(addr, n)
 	vmas.Remove(addr, addr+n)
 	committed.Remove(addr, addr+n)
 	return 0
@@ -185,7 +185,7 @@ func sysMadviseImpl(addr, length uintptr, advice int) int64 {
 			return -_EINVAL
 		}
 		mmlock.lock()
-		pt.Zero(addr, length)
+		discard(addr, (length+mm.PageSize-1)&^(mm.PageSize-1))
 		mmlock.unlock()
 	}
 	return 0
@@ -253,4 +253,47 @@ func sysSysinfoImpl(a uintptr) int64 {
 	*(*uint16)(ptrOf(a + 80)) = uint16(live) // procs
 	*u32(a + 104) = 1                        // mem_unit
 	return 0
+}
+
+// reclaimMin: discards smaller than this zero in place instead of
+// returning frames, because returning frames needs a TLB shootdown on
+// every vCPU (a monitor-run CPL 0 stub, a few hundred µs in all).
+//
+// Reclaim is off unless the monitor sets boot.FlagReclaim (`cumulus run
+// -reclaim`): with it on, a rare page fault was seen to report CR2 = 0,
+// which points at the monitor's KVM_SET_SREGS around the flush stub
+// racing with a fault. Until that is understood, discarded memory is
+// zeroed in place and keeps its frames.
+const reclaimMin = 256 << 10
+
+var reclaimBuf [512]mm.Reclaimed
+
+// discard makes [va, va+n) read as zero and, for large ranges, gives the
+// frames of whole pages back to the allocator: unmap, one shootdown per
+// batch, then free (they are zeroed when reused). mmlock held.
+func discard(va, n uintptr) {
+	if bi.Flags&boot.FlagReclaim == 0 || n < reclaimMin {
+		pt.Zero(va, n)
+		return
+	}
+	end := va + n
+	for va < end {
+		k, next := pt.Unmap(va, end-va, reclaimBuf[:])
+		if k > 0 {
+			outl(boot.HCFlush, 0)
+			stats.Shootdowns++
+			for _, r := range reclaimBuf[:k] {
+				order := 0
+				if r.Size == mm.HugeSize {
+					order = 9
+				}
+				if frames.Put(r.PA, order) == nil {
+					stats.FramesReclaimed += uint64(r.Size / mm.PageSize)
+				}
+			}
+		}
+		va = next
+	}
+	stats.FramesUsed = frames.Used()
+	stats.PTWrites = pt.Writes
 }

@@ -48,6 +48,7 @@ type Config struct {
 	Tick     time.Duration // preemption tick (default 10 ms)
 	Log      *slog.Logger
 	Shares   []Share // host directories visible in the guest
+	Reclaim  bool    // return discarded frames (experimental: TLB shootdowns)
 	Cwd      string  // the guest's initial working directory (default "/")
 }
 
@@ -67,6 +68,9 @@ type Stats struct {
 	IntrExits         uint64
 	TicksDelivered    uint64
 	TicksDeferred     uint64
+	TLBFlushes        uint64 // per-vCPU TLB flushes run by the monitor (privop)
+	Shootdowns        uint64 // kernel requests to flush every vCPU
+	FramesReclaimed   uint64 // 4 KiB frames returned by munmap/MADV_DONTNEED
 	Syscalls          uint64 // kernel entries by SYSCALL
 	SyscallsByNr      map[int]uint64
 	UnknownSyscall    uint64
@@ -109,17 +113,18 @@ type machine struct {
 	bootTSC uint64
 	firstSC atomic.Int64
 
-	exits, intrExits, ticks, deferred atomic.Uint64
-	hcCount                           [10]atomic.Uint64
+	exits, intrExits, ticks, deferred, flushes atomic.Uint64
+	hcCount                                    [10]atomic.Uint64
 }
 
 type vcpu struct {
-	m      *machine
-	id     int
-	c      *kvm.VCPU
-	tid    atomic.Int32
-	kick   chan struct{}
-	halted atomic.Bool
+	m         *machine
+	id        int
+	c         *kvm.VCPU
+	tid       atomic.Int32
+	kick      chan struct{}
+	halted    atomic.Bool
+	wantFlush atomic.Bool
 }
 
 type layout struct {
@@ -326,8 +331,10 @@ func (m *machine) setup(img *Image) error {
 		ImageEnd: imageEnd, MainStackTop: l.mainStack + boot.MainStackSize,
 		TSCMult:    (1_000_000 << 32) / max(tscKHz, 1),
 		KCallEntry: m.kern.byName[boot.SymKCallEntry].Value,
+		Flags:      reclaimFlag(m.cfg.Reclaim),
 	}
 	m.buildVDSO()
+	m.installPrivops()
 	copy(m.mem[boot.BootInfoAddr:], unsafe.Slice((*byte)(unsafe.Pointer(&biv)), unsafe.Sizeof(biv)))
 	return nil
 }
@@ -603,6 +610,9 @@ func (v *vcpu) loop() error {
 	v.tid.Store(int32(unix.Gettid()))
 	m := v.m
 	for !m.stopped.Load() {
+		if err := v.serviceFlush(); err != nil {
+			return err
+		}
 		reason, err := v.c.Run()
 		if err != nil {
 			return err
@@ -702,9 +712,9 @@ func (v *vcpu) hypercall(port uint16, arg uint32) {
 	case boot.HCFault:
 		v.fault(int(arg), v.hcArg(0), v.hcArg(1), v.hcArg(2) != 0)
 	case boot.HCFlush:
-		var s kvm.Sregs
-		if v.c.GetSregs(&s) == nil {
-			v.c.SetSregs(&s)
+		if err := v.shootdown(); err != nil {
+			fmt.Fprintf(m.cfg.Stderr, "cumulus: %v\n", err)
+			m.stop(Result{ExitCode: 1, Reason: "crash"})
 		}
 	case boot.HCHostFS:
 		v.hostFSCall()
@@ -809,6 +819,7 @@ func (m *machine) collectStats() Stats {
 		IntrExits:         m.intrExits.Load(),
 		TicksDelivered:    m.ticks.Load(),
 		TicksDeferred:     m.deferred.Load(),
+		TLBFlushes:        m.flushes.Load(),
 		HypercallExits:    map[string]uint64{},
 		SyscallsByNr:      map[int]uint64{},
 	}
@@ -830,6 +841,7 @@ func (m *machine) collectStats() Stats {
 		s.Switches, s.Preempts, s.Halts, s.Kicks = w(513), w(514), w(515), w(516)
 		s.SignalsSent, s.FramesUsed, s.PTWrites = w(518), w(519), w(520)
 		s.PageFaults, s.SignalsFault = w(522), w(523)
+		s.Shootdowns, s.FramesReclaimed = w(524), w(525)
 	}
 	return s
 }
@@ -891,4 +903,11 @@ func (m *machine) symbolize(pc uint64) string {
 		return "?"
 	}
 	return s
+}
+
+func reclaimFlag(on bool) uint64 {
+	if on {
+		return boot.FlagReclaim
+	}
+	return 0
 }

@@ -154,6 +154,20 @@ func TestKapi(t *testing.T) {
 	expectOK(t, boot(t, 2, 512<<20, time.Minute, "kapi"), "kapi")
 }
 
+// TestReclaim: with reclaim on, a large discard returns its frames after a
+// TLB shootdown run by the monitor on every vCPU (experimental, off by
+// default; see kernel/mmap.go).
+func TestReclaim(t *testing.T) {
+	img := guestImage(t)
+	var out, errb bytes.Buffer
+	res, err := vmm.Run(img, vmm.Config{CPUs: 2, MemBytes: 512 << 20, Timeout: time.Minute, Reclaim: true,
+		Args: []string{"guest", "kapi=reclaim"}, Stdout: &out, Stderr: &errb})
+	expectOK(t, run{res, err, out.String(), errb.String()}, "kapi")
+	if res.Stats.Shootdowns == 0 || res.Stats.TLBFlushes < 2*res.Stats.Shootdowns || res.Stats.FramesReclaimed < 2048 {
+		t.Errorf("shootdowns %d, flushes %d, frames reclaimed %d", res.Stats.Shootdowns, res.Stats.TLBFlushes, res.Stats.FramesReclaimed)
+	}
+}
+
 // TestFrames: kapi frames inside the image come from the kernel's LLFree
 // allocator through kernel calls: aligned huge frames, double frees
 // refused, and a concurrent stress on all vCPUs that never hands a frame to

@@ -150,6 +150,7 @@ type runFlags struct {
 	env     multiFlag
 	shares  multiFlag
 	workdir string
+	reclaim bool
 }
 
 type multiFlag []string
@@ -165,6 +166,7 @@ func (rf *runFlags) register(fs *flag.FlagSet) {
 	fs.Var(&rf.env, "e", "set an environment variable in the guest (KEY=VALUE, repeatable)")
 	fs.Var(&rf.shares, "v", "share a host directory: HOST:GUEST[:ro] (repeatable)")
 	fs.StringVar(&rf.workdir, "w", "/", "the guest's working directory")
+	fs.BoolVar(&rf.reclaim, "reclaim", false, "experimental: munmap/MADV_DONTNEED return frames (TLB shootdowns)")
 }
 
 func (rf *runFlags) config(args []string) (vmm.Config, error) {
@@ -184,7 +186,7 @@ func (rf *runFlags) config(args []string) (vmm.Config, error) {
 	}
 	return vmm.Config{
 		CPUs: rf.cpus, MemBytes: mem, Timeout: rf.timeout, Args: args, Env: env,
-		Shares: shares, Cwd: rf.workdir,
+		Shares: shares, Cwd: rf.workdir, Reclaim: rf.reclaim,
 		Log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
 	}, nil
 }

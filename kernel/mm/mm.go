@@ -327,3 +327,57 @@ func (pt *PageTable) Zero(va, n uintptr) {
 		va = stop
 	}
 }
+
+// Reclaimed is a frame taken out of the page table by Unmap.
+type Reclaimed struct{ PA, Size uintptr }
+
+// Unmap removes the mappings of whole pages inside [va, va+n) and reports
+// their frames in out; parts of pages at the edges are zeroed in place. It
+// stops when out is full and returns how many it filled and where to
+// continue. The caller must flush every CPU's TLB before reusing the
+// frames: until then a stale translation may still reach them.
+func (pt *PageTable) Unmap(va, n uintptr, out []Reclaimed) (int, uintptr) {
+	end := va + n
+	k := 0
+	for va < end && k < len(out) {
+		pa, size := pt.Lookup(va)
+		if size == 0 {
+			size = PageSize
+			if pt.pdFree(va &^ (HugeSize - 1)) {
+				size = HugeSize
+			}
+			va = (va | (size - 1)) + 1
+			continue
+		}
+		start := va &^ (size - 1)
+		stop := start + size
+		if start < va || stop > end {
+			// A page only partly inside: zero its part.
+			if stop > end {
+				stop = end
+			}
+			clear(unsafe.Slice((*byte)(pt.ptr(pa)), stop-va))
+			va = stop
+			continue
+		}
+		pt.clearEntry(va, size)
+		out[k] = Reclaimed{PA: pa, Size: size}
+		k++
+		va = stop
+	}
+	return k, va
+}
+
+// clearEntry zeroes the leaf entry mapping va (a page of the given size).
+func (pt *PageTable) clearEntry(va, size uintptr) {
+	t := pt.table(pt.Root)
+	for level := uint(3); ; level-- {
+		i := idx(va, level)
+		if (level == 1 && size == HugeSize) || level == 0 {
+			t[i] = 0
+			pt.Writes++
+			return
+		}
+		t = pt.table(uintptr(t[i] & PTEAddr))
+	}
+}

@@ -299,6 +299,33 @@ func run(name, arg string) error {
 		if err := m.Discard(r, 40<<20, 4096); err != nil || r.Mem[40<<20] != 0 {
 			return fmt.Errorf("discard: %v, byte %d", err, r.Mem[40<<20])
 		}
+		// A large discard makes the pages read as zero; with -reclaim it
+		// also returns their frames (after a TLB shootdown).
+		for off := 8 << 20; off < 16<<20; off += 4096 {
+			r.Mem[off] = 9
+		}
+		free0 := func() uint64 { st, _ := m.Stats(); return st.Available }
+		before := free0()
+		if err := m.Discard(r, 8<<20, 8<<20); err != nil {
+			return err
+		}
+		if arg == "reclaim" {
+			if in, _ := m.Resident(r, 12<<20); in {
+				return fmt.Errorf("discarded page still resident")
+			}
+			if after := free0(); after < before+6<<20 {
+				return fmt.Errorf("discarding 8 MiB freed only %d bytes", int64(after)-int64(before))
+			}
+		}
+		for off := 8 << 20; off < 16<<20; off += 4096 {
+			if r.Mem[off] != 0 {
+				return fmt.Errorf("discarded page at %d reads %d", off, r.Mem[off])
+			}
+		}
+		r.Mem[12<<20] = 5
+		if in, _ := m.Resident(r, 12<<20); !in || r.Mem[12<<20] != 5 {
+			return fmt.Errorf("page not usable after discard")
+		}
 		st, err := m.Stats()
 		if err != nil || st.Total == 0 || st.Available > st.Total {
 			return fmt.Errorf("stats %+v %v", st, err)

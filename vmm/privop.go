@@ -1,0 +1,124 @@
+package vmm
+
+import (
+	"fmt"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/cumulusdb/cumulus/kernel/boot"
+	"github.com/cumulusdb/cumulus/vmm/kvm"
+)
+
+// The privop seam on PVM (DESIGN §1.3): the guest runs at CPL 3 and cannot
+// execute privileged instructions, so the monitor runs them for it. A TLB
+// flush is a two-instruction stub at CPL 0 (mov %cr3,%rax; mov %rax,%cr3;
+// out): KVM treats the guest's own CR3 write as "sync the shadow page
+// tables and flush", which KVM_SET_SREGS with an unchanged CR3 does not
+// do. CPL 0 code is emulated under PVM (~1 µs an instruction): the stub is
+// three instructions. The vCPU's registers are saved around it.
+//
+// Shootdown: the initiating vCPU asks every vCPU to flush, kicks them out
+// of the guest, flushes itself and waits until all have done it. Each vCPU
+// flushes on its own thread, between KVM_RUN calls (loop).
+
+var flushStub = []byte{
+	0x0f, 0x20, 0xd8, // mov %cr3, %rax
+	0x0f, 0x22, 0xd8, // mov %rax, %cr3
+	0xe6, boot.HCPrivopDone, // out %al, $done
+}
+
+func (m *machine) installPrivops() { copy(m.mem[boot.PrivopAddr:], flushStub) }
+
+// flushTLB runs the flush stub on this vCPU (its own thread).
+func (v *vcpu) flushTLB() error {
+	var r kvm.Regs
+	var s kvm.Sregs
+	if err := v.c.GetRegs(&r); err != nil {
+		return err
+	}
+	if err := v.c.GetSregs(&s); err != nil {
+		return err
+	}
+	ks := s
+	ks.CS = kvm.Segment{Selector: boot.SelKernelCode, Type: 11, Present: 1, DPL: 0, S: 1, L: 1, G: 1, Limit: 0xffffffff}
+	ks.SS = kvm.Segment{Selector: boot.SelKernelData, Type: 3, Present: 1, DPL: 0, S: 1, DB: 1, G: 1, Limit: 0xffffffff}
+	if err := v.c.SetSregs(&ks); err != nil {
+		return err
+	}
+	kr := r
+	kr.RIP, kr.RSP, kr.RFLAGS = boot.PrivopAddr, v.m.istTop(v.id), 0x2
+	if err := v.c.SetRegs(&kr); err != nil {
+		return err
+	}
+	for i := 0; ; i++ {
+		reason, err := v.c.Run()
+		if err != nil {
+			return err
+		}
+		if reason == kvm.ExitIO && v.c.IOExit().Port == boot.HCPrivopDone {
+			break
+		}
+		if reason != kvm.ExitIntr || i > 100 {
+			return fmt.Errorf("vmm: TLB flush stub: unexpected exit %d", reason)
+		}
+	}
+	v.m.flushes.Add(1)
+	if err := v.c.SetSregs(&s); err != nil {
+		return err
+	}
+	return v.c.SetRegs(&r)
+}
+
+// shootdown flushes every vCPU's TLB and returns when all have.
+func (v *vcpu) shootdown() error {
+	m := v.m
+	for _, o := range m.cpus {
+		if o != v {
+			o.wantFlush.Store(true)
+		}
+	}
+	for _, o := range m.cpus {
+		if o == v {
+			continue
+		}
+		select { // a halted vCPU wakes up, flushes, and halts again
+		case o.kick <- struct{}{}:
+		default:
+		}
+		if tid := o.tid.Load(); tid != 0 {
+			unix.Tgkill(unix.Getpid(), int(tid), unix.SIGURG)
+		}
+	}
+	if err := v.flushTLB(); err != nil {
+		return err
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for _, o := range m.cpus {
+		for o != v && o.wantFlush.Load() {
+			if m.stopped.Load() {
+				return nil
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("vmm: vCPU %d did not flush its TLB", o.id)
+			}
+			// A vCPU between exits may miss one signal: repeat it.
+			if tid := o.tid.Load(); tid != 0 {
+				unix.Tgkill(unix.Getpid(), int(tid), unix.SIGURG)
+			}
+			time.Sleep(20 * time.Microsecond)
+		}
+	}
+	return nil
+}
+
+// serviceFlush runs on a vCPU's thread before it re-enters the guest.
+func (v *vcpu) serviceFlush() error {
+	if v.wantFlush.Load() {
+		if err := v.flushTLB(); err != nil {
+			return err
+		}
+		v.wantFlush.Store(false)
+	}
+	return nil
+}
