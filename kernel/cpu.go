@@ -42,6 +42,7 @@ func cpuPause()
 func vdsoClockGettime()
 func vdsoGettimeofday()
 func kcallEntry()
+func callSyscallEntry()
 
 // perCPU mirrors the per-CPU block of kernel/boot (GS base points at it).
 type perCPU struct {
@@ -148,13 +149,14 @@ type kstats struct {
 	SignalsFault    uint64 // CPU exceptions delivered as signals
 	Shootdowns      uint64 // TLB shootdowns requested (all vCPUs flush)
 	FramesReclaimed uint64 // 4 KiB frames returned by munmap/MADV_DONTNEED
+	PFRetries       uint64 // page faults re-executed because CR2 was unusable
 }
 
 var stats kstats
 
 // Entries keeps the assembly entry points alive through the linker's dead
 // code elimination: only the monitor jumps to them. kmain references it.
-var Entries = [...]func(){syscallEntry, tickEntry, apEntry, resume, vdsoClockGettime, vdsoGettimeofday, kcallEntry,
+var Entries = [...]func(){syscallEntry, tickEntry, apEntry, resume, vdsoClockGettime, vdsoGettimeofday, kcallEntry, callSyscallEntry,
 	fault0, fault1, fault2, fault3, fault4, fault5, fault6, fault7,
 	fault8, fault9, fault10, fault11, fault12, fault13, fault14, fault15,
 	fault16, fault17, fault18, fault19, fault20, fault21, fault22, fault23,

@@ -83,6 +83,38 @@ TEXT ·syscallEntry(SB),NOSPLIT|NOFRAME,$0
 	RDFSBASEQ AX
 	MOVQ AX, TF_FSBASE(DI)
 	MOVQ $0, TF_KIND(DI)
+	MOVQ $2, TF_ERROR(DI) // length of the entering instruction (SYSCALL)
+	MOVQ PC_KFS(GS), AX
+	WRFSBASEQ AX
+	MOVQ PC_KSTACK(GS), SP
+	CALL ·syscallTrap(SB)
+	JMP ·resume(SB)
+
+// callSyscallEntry is the same system-call entry reached by a CALL
+// instead of SYSCALL: the monitor rewrites the Go runtime's
+// "MOV …; SYSCALL" sites into "CALL trampoline" at load time (vmm/patch.go),
+// the trampoline re-executes the MOV and jumps here. The return address on
+// the stack is where the program resumes; the CALL is 5 bytes, which a
+// restarted system call backs up over (TF_ERROR). Saves the ~1.8 µs that
+// SYSCALL costs under PVM.
+TEXT ·callSyscallEntry(SB),NOSPLIT|NOFRAME,$0
+	MOVQ $1, PC_INKERNEL(GS)
+	MOVQ DI, PC_SCRATCH(GS)
+	MOVQ PC_CURFRAME(GS), DI
+	SAVE_GPRS_BUT_DI
+	MOVQ PC_SCRATCH(GS), AX
+	MOVQ AX, TF_RDI(DI)
+	MOVQ 0(SP), AX
+	MOVQ AX, TF_RIP(DI)
+	LEAQ 8(SP), AX
+	MOVQ AX, TF_RSP(DI)
+	PUSHFQ
+	POPQ AX
+	MOVQ AX, TF_RFLAGS(DI)
+	RDFSBASEQ AX
+	MOVQ AX, TF_FSBASE(DI)
+	MOVQ $0, TF_KIND(DI)
+	MOVQ $5, TF_ERROR(DI)
 	MOVQ PC_KFS(GS), AX
 	WRFSBASEQ AX
 	MOVQ PC_KSTACK(GS), SP

@@ -57,6 +57,7 @@ type threadHdr struct {
 	altSP      uint64 // sigaltstack
 	altSize    uint64
 	altFlags   int32
+	pfRetries  int32 // page faults re-executed for lack of a usable CR2
 }
 
 type thread struct {
@@ -179,11 +180,12 @@ func wake(i int32, result int64) {
 	enqueue(i)
 }
 
-// wakeRestart wakes a thread so that it re-executes its system call
-// (SYSCALL is two bytes). Used where readiness must be re-evaluated.
+// wakeRestart wakes a thread so that it re-executes its system call (the
+// entering instruction's length is in errcode: SYSCALL 2, a patched CALL
+// 5). Used where readiness must be re-evaluated.
 func wakeRestart(i int32) {
 	t := &threads[i]
-	t.tf.rip -= 2
+	t.tf.rip -= t.tf.errcode
 	wake(i, int64(t.restartNr))
 }
 

@@ -91,9 +91,22 @@ func faultTrap() {
 			cr2 = pc.hcArgs[0]
 			if demandPage(uintptr(cr2)) {
 				atomic.AddUint64(&stats.PageFaults, 1)
+				t.pfRetries = 0
 				leaveKernel(int(pc.cpu))
 				return // resume the thread (its frame is complete)
 			}
+			// Under PVM, KVM_GET_SREGS occasionally reports CR2 = 0 for a
+			// genuine fault on committed memory (seen as "nil" faults on
+			// the first touch of fresh heap spans). Re-executing the
+			// instruction faults again with the right address; a real bad
+			// access faults the same way three times and gets its signal.
+			if t.pfRetries < 2 {
+				t.pfRetries++
+				atomic.AddUint64(&stats.PFRetries, 1)
+				leaveKernel(int(pc.cpu))
+				return
+			}
+			t.pfRetries = 0
 		}
 		// A fault the program handles (the Go runtime turns SIGSEGV,
 		// SIGBUS, SIGFPE into panics) resumes in its handler.

@@ -49,7 +49,10 @@ type Config struct {
 	Log      *slog.Logger
 	Shares   []Share // host directories visible in the guest
 	Reclaim  bool    // return discarded frames (experimental: TLB shootdowns)
-	Cwd      string  // the guest's initial working directory (default "/")
+	// KeepSyscall leaves the program's SYSCALL sites as they are instead
+	// of rewriting them into direct calls (for comparisons).
+	KeepSyscall bool
+	Cwd         string // the guest's initial working directory (default "/")
 }
 
 // Result is how a run ended.
@@ -69,8 +72,10 @@ type Stats struct {
 	TicksDelivered    uint64
 	TicksDeferred     uint64
 	TLBFlushes        uint64 // per-vCPU TLB flushes run by the monitor (privop)
+	PatchedSyscalls   int    // SYSCALL sites rewritten into direct calls
 	Shootdowns        uint64 // kernel requests to flush every vCPU
 	FramesReclaimed   uint64 // 4 KiB frames returned by munmap/MADV_DONTNEED
+	PFRetries         uint64 // page faults retried because CR2 read back unusable (PVM)
 	Syscalls          uint64 // kernel entries by SYSCALL
 	SyscallsByNr      map[int]uint64
 	UnknownSyscall    uint64
@@ -95,6 +100,7 @@ type machine struct {
 	vm      *kvm.VM
 	cpus    []*vcpu
 	fs      *hostFS
+	patched int
 	prog    *symtab
 	kern    *symtab
 	entry   map[string]uint64
@@ -335,6 +341,11 @@ func (m *machine) setup(img *Image) error {
 	}
 	m.buildVDSO()
 	m.installPrivops()
+	if !m.cfg.KeepSyscall {
+		if m.patched, err = m.applySyscallPatches(pf); err != nil {
+			return fmt.Errorf("vmm: rewrite system-call sites: %w", err)
+		}
+	}
 	copy(m.mem[boot.BootInfoAddr:], unsafe.Slice((*byte)(unsafe.Pointer(&biv)), unsafe.Sizeof(biv)))
 	return nil
 }
@@ -820,6 +831,7 @@ func (m *machine) collectStats() Stats {
 		TicksDelivered:    m.ticks.Load(),
 		TicksDeferred:     m.deferred.Load(),
 		TLBFlushes:        m.flushes.Load(),
+		PatchedSyscalls:   m.patched,
 		HypercallExits:    map[string]uint64{},
 		SyscallsByNr:      map[int]uint64{},
 	}
@@ -842,6 +854,7 @@ func (m *machine) collectStats() Stats {
 		s.SignalsSent, s.FramesUsed, s.PTWrites = w(518), w(519), w(520)
 		s.PageFaults, s.SignalsFault = w(522), w(523)
 		s.Shootdowns, s.FramesReclaimed = w(524), w(525)
+		s.PFRetries = w(526)
 	}
 	return s
 }

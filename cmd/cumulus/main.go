@@ -143,14 +143,15 @@ func parseSize(s string) (uint64, error) {
 }
 
 type runFlags struct {
-	cpus    int
-	mem     string
-	timeout time.Duration
-	stats   bool
-	env     multiFlag
-	shares  multiFlag
-	workdir string
-	reclaim bool
+	cpus        int
+	mem         string
+	timeout     time.Duration
+	stats       bool
+	env         multiFlag
+	shares      multiFlag
+	workdir     string
+	reclaim     bool
+	keepSyscall bool
 }
 
 type multiFlag []string
@@ -167,6 +168,7 @@ func (rf *runFlags) register(fs *flag.FlagSet) {
 	fs.Var(&rf.shares, "v", "share a host directory: HOST:GUEST[:ro] (repeatable)")
 	fs.StringVar(&rf.workdir, "w", "/", "the guest's working directory")
 	fs.BoolVar(&rf.reclaim, "reclaim", false, "experimental: munmap/MADV_DONTNEED return frames (TLB shootdowns)")
+	fs.BoolVar(&rf.keepSyscall, "keep-syscall", false, "do not rewrite the program's SYSCALL sites into direct kernel calls")
 }
 
 func (rf *runFlags) config(args []string) (vmm.Config, error) {
@@ -186,7 +188,7 @@ func (rf *runFlags) config(args []string) (vmm.Config, error) {
 	}
 	return vmm.Config{
 		CPUs: rf.cpus, MemBytes: mem, Timeout: rf.timeout, Args: args, Env: env,
-		Shares: shares, Cwd: rf.workdir, Reclaim: rf.reclaim,
+		Shares: shares, Cwd: rf.workdir, Reclaim: rf.reclaim, KeepSyscall: rf.keepSyscall,
 		Log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
 	}, nil
 }

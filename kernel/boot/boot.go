@@ -29,6 +29,8 @@ const (
 	VDSOAddr      = 0x281000 // hand-built vDSO ELF (one page)
 	IDTAddr       = 0x283000
 	PrivopAddr    = 0x284000 // CPL 0 stubs the monitor runs for the guest (vmm/privop.go)
+	TrampAddr     = 0x285000 // system-call trampolines for patched sites (vmm/patch.go)
+	TrampSize     = 0xb000
 	CPUTablesAddr = 0x290000 // per-CPU GDT + TSS (+ I/O bitmap), CPUTablesSize each
 	CPUTablesSize = 0x4000
 	MaxCPUs       = 32
@@ -194,4 +196,5 @@ const (
 	SymVDSOClock    = SymPrefix + "vdsoClockGettime.abi0"
 	SymVDSOTOD      = SymPrefix + "vdsoGettimeofday.abi0"
 	SymKCallEntry   = SymPrefix + "kcallEntry.abi0"
+	SymCallSyscall  = SymPrefix + "callSyscallEntry.abi0"
 )

@@ -1,0 +1,185 @@
+package vmm
+
+import (
+	"bytes"
+	"debug/elf"
+	"encoding/binary"
+	"fmt"
+	"sort"
+
+	"golang.org/x/arch/x86/x86asm"
+
+	"github.com/cumulusdb/cumulus/kernel/boot"
+)
+
+// System-call site rewriting (DESIGN §1.4, "rewriting the runtime's
+// syscall sites into direct calls at image-build time"). Under PVM a
+// SYSCALL round trip costs ~1.8 µs; a CALL into the kernel's entry costs a
+// function call. The Go runtime enters the kernel from a few dozen
+// assembly functions, each ending in "MOV x, y; SYSCALL" (MOVL $SYS_futex,
+// AX; or Syscall6's MOVQ BX, DI): those 5+ bytes become "CALL trampoline"
+// plus NOPs, and the trampoline replays the MOV and jumps to the kernel's
+// callSyscallEntry.
+//
+// A site is rewritten only when it is provably safe:
+//   - the function is decoded from its start, so SYSCALL and the MOV
+//     before it are whole instructions (never bytes inside another);
+//   - the MOV writes a register from a register, an immediate or memory
+//     that is not RIP-relative, so replaying it is harmless, including when
+//     a blocked system call restarts from the CALL (RSP-relative loads are
+//     replayed with RSP moved back over the return address);
+//   - no branch in the function targets the bytes being replaced, other
+//     than the MOV itself.
+// Everything else keeps its SYSCALL, which still works.
+
+type patchSite struct {
+	movAddr uint64 // start of the MOV; the CALL goes here
+	movLen  int
+	mov     []byte
+	stack   bool // the MOV loads from RSP-relative memory
+}
+
+// findSyscallSites decodes the program's functions that contain SYSCALL.
+func findSyscallSites(f *elf.File, syms *symtab) ([]patchSite, error) {
+	text := f.Section(".text")
+	if text == nil {
+		return nil, fmt.Errorf("no .text")
+	}
+	data, err := text.Data()
+	if err != nil {
+		return nil, err
+	}
+	var sites []patchSite
+	for _, fn := range syms.funcs {
+		if fn.Value < text.Addr || fn.Value+fn.Size > text.Addr+uint64(len(data)) || fn.Size == 0 {
+			continue
+		}
+		code := data[fn.Value-text.Addr : fn.Value-text.Addr+fn.Size]
+		if !bytes.Contains(code, []byte{0x0f, 0x05}) {
+			continue
+		}
+		sites = append(sites, sitesIn(code, fn.Value)...)
+	}
+	return sites, nil
+}
+
+func sitesIn(code []byte, base uint64) []patchSite {
+	type insn struct {
+		off int
+		in  x86asm.Inst
+	}
+	var insns []insn
+	targets := map[uint64]bool{}
+	for off := 0; off < len(code); {
+		in, err := x86asm.Decode(code[off:], 64)
+		if err != nil || in.Len == 0 {
+			return nil // undecodable: leave the whole function alone
+		}
+		for _, a := range in.Args {
+			if rel, ok := a.(x86asm.Rel); ok {
+				targets[base+uint64(off+in.Len)+uint64(int64(rel))] = true
+			}
+		}
+		insns = append(insns, insn{off, in})
+		off += in.Len
+	}
+	var sites []patchSite
+	for i := 1; i < len(insns); i++ {
+		sc, mv := insns[i], insns[i-1]
+		if sc.in.Op != x86asm.SYSCALL || !replayable(mv.in) || mv.in.Len+2 < 5 {
+			continue
+		}
+		if targets[base+uint64(sc.off)] || targets[base+uint64(sc.off)+1] {
+			continue // something jumps straight to the SYSCALL
+		}
+		sites = append(sites, patchSite{movAddr: base + uint64(mv.off), movLen: mv.in.Len,
+			mov: append([]byte(nil), code[mv.off:mv.off+mv.in.Len]...), stack: stackRelative(mv.in)})
+	}
+	return sites
+}
+
+// replayable: MOV into a register from a register or an immediate, with
+// no prefix other than REX.
+func replayable(in x86asm.Inst) bool {
+	if in.Op != x86asm.MOV {
+		return false
+	}
+	for _, p := range in.Prefix {
+		if p == 0 {
+			break
+		}
+		if p&0xf0 != 0x40 { // not a REX prefix (flags in the high bits included)
+			return false
+		}
+	}
+	if _, ok := in.Args[0].(x86asm.Reg); !ok {
+		return false
+	}
+	switch a := in.Args[1].(type) {
+	case x86asm.Reg, x86asm.Imm:
+		return true
+	case x86asm.Mem:
+		// A load, e.g. the system-call number from the function's
+		// argument frame. Replaying it is harmless while the memory is
+		// unchanged, which holds for a restart: the thread was parked.
+		return a.Base != x86asm.RIP && a.Segment == 0
+	}
+	return false
+}
+
+// stackRelative reports a load addressed from RSP: in the trampoline RSP
+// is 8 lower (the CALL pushed its return address), so it is replayed
+// between LEAQ 8(SP), SP and LEAQ -8(SP), SP (LEA leaves the flags alone;
+// the return address stays in place below SP meanwhile: ticks use the IST
+// stack and signals the alternate stack or below the red zone).
+func stackRelative(in x86asm.Inst) bool {
+	m, ok := in.Args[1].(x86asm.Mem)
+	return ok && (m.Base == x86asm.RSP || m.Index == x86asm.RSP)
+}
+
+// applySyscallPatches writes the trampolines and rewrites the sites in
+// guest memory. It returns how many sites it rewrote.
+func (m *machine) applySyscallPatches(f *elf.File) (int, error) {
+	entry, ok := m.kern.byName[boot.SymCallSyscall]
+	if !ok {
+		return 0, nil // an older kernel: keep SYSCALL
+	}
+	sites, err := findSyscallSites(f, m.prog)
+	if err != nil {
+		return 0, err
+	}
+	sort.Slice(sites, func(i, j int) bool { return sites[i].movAddr < sites[j].movAddr })
+	tramp := uint64(boot.TrampAddr)
+	end := tramp + boot.TrampSize
+	n := 0
+	for _, s := range sites {
+		// Trampoline: MOV (replayed); JMP *0(RIP); .quad entry
+		t := make([]byte, 0, 48)
+		if s.stack {
+			t = append(t, 0x48, 0x8d, 0x64, 0x24, 0x08) // LEAQ 8(SP), SP
+		}
+		t = append(t, s.mov...)
+		if s.stack {
+			t = append(t, 0x48, 0x8d, 0x64, 0x24, 0xf8) // LEAQ -8(SP), SP
+		}
+		t = append(t, 0xff, 0x25, 0, 0, 0, 0)
+		t = binary.LittleEndian.AppendUint64(t, entry.Value)
+		if tramp+uint64(len(t)) > end {
+			break
+		}
+		rel := int64(tramp) - int64(s.movAddr+5)
+		if rel != int64(int32(rel)) {
+			continue
+		}
+		copy(m.mem[tramp:], t)
+		site := m.mem[s.movAddr : s.movAddr+uint64(s.movLen)+2]
+		site[0] = 0xe8 // CALL rel32
+		binary.LittleEndian.PutUint32(site[1:], uint32(int32(rel)))
+		for i := 5; i < len(site); i++ {
+			site[i] = 0x90 // NOP
+		}
+		tramp = (tramp + uint64(len(t)) + 15) &^ 15
+		n++
+	}
+	return n, nil
+}
