@@ -311,9 +311,8 @@ func (c *CopyIn) Finish() (*Result, error) {
 
 // Abort ends a failed or client-cancelled COPY.
 func (c *CopyIn) Abort() {
-	if c.implicit {
-		c.s.endTx(false)
-	} else {
+	c.s.endTx(false)
+	if !c.implicit {
 		c.s.state = TxFailed
 	}
 }

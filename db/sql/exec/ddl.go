@@ -16,7 +16,7 @@ import (
 // splitEvery bounds the writes one engine transaction takes during bulk
 // work (COPY, index builds, primary key rebuilds): the engine keeps a
 // transaction's writes in memory and pins their pages until commit.
-const splitEvery = 20000
+const splitEvery = 5000
 
 // noteWrites counts writes and, past splitEvery, commits the engine
 // transaction and continues in a new one. Bulk statements call it between

@@ -383,10 +383,10 @@ func (s *Session) Execute(p *Prepared, params []datum.Value) (res *Result, err e
 		if r := recover(); r != nil {
 			s.eng.Logger.Error("exec: panic", "sql", p.Stmt.SQL, "panic", r)
 			err = sqlerr.New(sqlerr.Internal, "internal error: %v", r)
-			if s.state == TxActive {
+			wasActive := s.state != TxIdle
+			s.endTx(false)
+			if wasActive {
 				s.state = TxFailed
-			} else if s.tx != nil {
-				s.endTx(false)
 			}
 		}
 	}()
@@ -452,6 +452,9 @@ func (s *Session) Execute(p *Prepared, params []datum.Value) (res *Result, err e
 				continue
 			}
 		} else if err != nil {
+			// As in PostgreSQL, an error aborts the transaction at once
+			// (releasing its locks); the block stays failed until it ends.
+			s.endTx(false)
 			s.state = TxFailed
 		}
 		if err != nil {

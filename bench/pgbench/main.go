@@ -1,0 +1,352 @@
+// Command pgbench compares pgbench (TPC-B-like) throughput of CumulusDB,
+// served as a Linux process, with PostgreSQL 15 on the same machine, both
+// with durable commits (fsync on, synchronous_commit on), in one run.
+//
+//	go run ./bench/pgbench -out DIR [-scale 2] [-clients 4] [-threads 2] [-duration 15s]
+//
+// The issue's full run: -scale 10 -clients 8 -threads 2 -duration 60s.
+// It prints a table and writes DIR/pgbench.json and DIR/pgbench.png.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"image/color"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+
+	"gonum.org/v1/plot"
+	"gonum.org/v1/plot/plotter"
+	"gonum.org/v1/plot/vg"
+
+	"github.com/cumulusdb/cumulus/db/pgwire"
+)
+
+type config struct {
+	Scale    int    `json:"scale"`
+	Clients  int    `json:"clients"`
+	Threads  int    `json:"threads"`
+	Duration string `json:"duration"`
+	Modes    string `json:"modes"`
+	CPUs     int    `json:"cpus"`
+}
+
+type result struct {
+	System      string  `json:"system"`
+	Mode        string  `json:"mode"`
+	InitSeconds float64 `json:"init_seconds"`
+	TPS         float64 `json:"tps"`
+	LatencyMS   float64 `json:"latency_ms"`
+	Failed      int64   `json:"failed_transactions"`
+	Processed   int64   `json:"transactions"`
+	Consistent  bool    `json:"balances_consistent"`
+}
+
+type report struct {
+	Config  config             `json:"config"`
+	Results []result           `json:"results"`
+	Ratios  map[string]float64 `json:"ratio_cumulus_over_postgres"`
+	Notes   []string           `json:"notes"`
+}
+
+func main() {
+	out := flag.String("out", "bench-out/pgbench", "output directory")
+	scale := flag.Int("scale", 2, "pgbench scale factor")
+	clients := flag.Int("clients", 4, "pgbench clients (-c)")
+	threads := flag.Int("threads", 2, "pgbench threads (-j)")
+	duration := flag.Duration("duration", 15*time.Second, "pgbench run time (-T)")
+	modes := flag.String("modes", "simple,prepared", "pgbench query modes (-M), comma separated")
+	pgBin := flag.String("pgbin", "/usr/lib/postgresql/15/bin", "PostgreSQL server binaries")
+	skipPG := flag.Bool("skip-postgres", false, "measure CumulusDB only")
+	flag.Parse()
+	if err := run(*out, config{Scale: *scale, Clients: *clients, Threads: *threads, Duration: duration.String(), Modes: *modes, CPUs: runtime.NumCPU()},
+		*duration, *pgBin, *skipPG); err != nil {
+		fmt.Fprintln(os.Stderr, "pgbench:", err)
+		os.Exit(1)
+	}
+}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+func run(out string, cfg config, dur time.Duration, pgBin string, skipPG bool) error {
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		return err
+	}
+	pgbench, err := exec.LookPath("pgbench")
+	if err != nil {
+		return fmt.Errorf("pgbench client not found: %w", err)
+	}
+	rep := report{Config: cfg, Ratios: map[string]float64{}}
+	modes := strings.Split(cfg.Modes, ",")
+
+	// CumulusDB, in this process.
+	tmp, err := os.MkdirTemp("", "cumulus-pgbench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	port, err := freePort()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ready := make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		done <- pgwire.Run(ctx, pgwire.Config{Listen: fmt.Sprintf("127.0.0.1:%d", port), DataDir: filepath.Join(tmp, "cumulus"),
+			PoolSize: 1 << 30, Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+			Ready: func(net.Addr) { close(ready) }})
+	}()
+	select {
+	case <-ready:
+	case err := <-done:
+		cancel()
+		return fmt.Errorf("cumulusdb: %w", err)
+	}
+	for _, mode := range modes {
+		r, err := measure(pgbench, "cumulusdb", mode, port, "cumulus", cfg, dur)
+		if err != nil {
+			cancel()
+			<-done
+			return err
+		}
+		rep.Results = append(rep.Results, r)
+		printResult(r)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		return fmt.Errorf("cumulusdb: %w", err)
+	}
+
+	if !skipPG {
+		stop, pgPort, err := startPostgres(pgBin, tmp)
+		if err != nil {
+			return fmt.Errorf("postgres: %w", err)
+		}
+		for _, mode := range modes {
+			r, err := measure(pgbench, "postgresql-15", mode, pgPort, "postgres", cfg, dur)
+			if err != nil {
+				stop()
+				return err
+			}
+			rep.Results = append(rep.Results, r)
+			printResult(r)
+		}
+		stop()
+		for _, mode := range modes {
+			var c, p float64
+			for _, r := range rep.Results {
+				if r.Mode == mode && r.System == "cumulusdb" {
+					c = r.TPS
+				}
+				if r.Mode == mode && r.System == "postgresql-15" {
+					p = r.TPS
+				}
+			}
+			if p > 0 {
+				rep.Ratios[mode] = c / p
+				fmt.Printf("ratio CumulusDB/PostgreSQL TPS (%s protocol): %.2f\n", mode, c/p)
+			}
+		}
+	}
+	rep.Notes = append(rep.Notes,
+		"both systems commit durably: CumulusDB with O_DIRECT writes and fdatasync per group commit, PostgreSQL with fsync=on, synchronous_commit=on",
+		"CumulusDB runs in this process, PostgreSQL as its own server; pgbench is the same client binary for both")
+	b, err := json.MarshalIndent(rep, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(out, "pgbench.json"), b, 0o644); err != nil {
+		return err
+	}
+	return plotReport(rep, filepath.Join(out, "pgbench.png"))
+}
+
+func printResult(r result) {
+	fmt.Printf("%-14s %-9s init %6.1fs  tps %9.1f  latency %7.2f ms  txns %8d  failed %5d  consistent %v\n",
+		r.System, r.Mode, r.InitSeconds, r.TPS, r.LatencyMS, r.Processed, r.Failed, r.Consistent)
+}
+
+var (
+	tpsRE     = regexp.MustCompile(`tps = ([0-9.]+) \(without`)
+	latRE     = regexp.MustCompile(`latency average = ([0-9.]+) ms`)
+	failedRE  = regexp.MustCompile(`number of failed transactions: ([0-9]+)`)
+	processRE = regexp.MustCompile(`number of transactions actually processed: ([0-9]+)`)
+)
+
+func measure(pgbench, system, mode string, port int, db string, cfg config, dur time.Duration) (result, error) {
+	r := result{System: system, Mode: mode}
+	common := []string{"-h", "127.0.0.1", "-p", strconv.Itoa(port), "-U", "cumulus"}
+	start := time.Now()
+	cmd := exec.Command(pgbench, append(append([]string{}, common...), "-i", "-q", "-s", strconv.Itoa(cfg.Scale), db)...)
+	if outp, err := cmd.CombinedOutput(); err != nil {
+		return r, fmt.Errorf("%s: pgbench -i: %w\n%s", system, err, outp)
+	}
+	r.InitSeconds = time.Since(start).Seconds()
+	args := append(append([]string{}, common...), "-c", strconv.Itoa(cfg.Clients), "-j", strconv.Itoa(cfg.Threads),
+		"-T", strconv.Itoa(int(dur.Seconds())), "-M", mode, db)
+	outp, err := exec.Command(pgbench, args...).CombinedOutput()
+	if err != nil {
+		return r, fmt.Errorf("%s: pgbench: %w\n%s", system, err, outp)
+	}
+	s := string(outp)
+	m := tpsRE.FindStringSubmatch(s)
+	if m == nil {
+		return r, fmt.Errorf("%s: no tps in pgbench output:\n%s", system, s)
+	}
+	r.TPS, _ = strconv.ParseFloat(m[1], 64)
+	if m := latRE.FindStringSubmatch(s); m != nil {
+		r.LatencyMS, _ = strconv.ParseFloat(m[1], 64)
+	}
+	if m := failedRE.FindStringSubmatch(s); m != nil {
+		r.Failed, _ = strconv.ParseInt(m[1], 10, 64)
+	}
+	if m := processRE.FindStringSubmatch(s); m != nil {
+		r.Processed, _ = strconv.ParseInt(m[1], 10, 64)
+	}
+	// TPC-B invariant: every balance total equals the history's deltas.
+	q := "select (select sum(abalance) from pgbench_accounts) = (select sum(delta) from pgbench_history) and " +
+		"(select sum(bbalance) from pgbench_branches) = (select sum(delta) from pgbench_history) and " +
+		"(select sum(tbalance) from pgbench_tellers) = (select sum(delta) from pgbench_history)"
+	psqlOut, err := exec.Command("psql", append(append([]string{}, common...), "-d", db, "-tAc", q)...).CombinedOutput()
+	if err != nil {
+		return r, fmt.Errorf("%s: consistency check: %w\n%s", system, err, psqlOut)
+	}
+	r.Consistent = strings.TrimSpace(string(psqlOut)) == "t"
+	return r, nil
+}
+
+// startPostgres initialises and starts a throwaway PostgreSQL 15 cluster
+// (as the postgres user when run as root) and returns a stop function.
+func startPostgres(bin, tmp string) (func(), int, error) {
+	initdb := filepath.Join(bin, "initdb")
+	if _, err := os.Stat(initdb); err != nil {
+		return nil, 0, fmt.Errorf("PostgreSQL server binaries not found in %s: %w", bin, err)
+	}
+	dir := filepath.Join(tmp, "pg")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, 0, err
+	}
+	var wrap []string
+	if os.Geteuid() == 0 {
+		u, err := user.Lookup("postgres")
+		if err != nil {
+			return nil, 0, fmt.Errorf("running as root needs a postgres user: %w", err)
+		}
+		uid, _ := strconv.Atoi(u.Uid)
+		gid, _ := strconv.Atoi(u.Gid)
+		os.Chmod(tmp, 0o755)
+		if err := os.Chown(dir, uid, gid); err != nil {
+			return nil, 0, err
+		}
+		wrap = []string{"runuser", "-u", "postgres", "--"}
+	}
+	command := func(args ...string) *exec.Cmd {
+		all := append(append([]string{}, wrap...), args...)
+		return exec.Command(all[0], all[1:]...)
+	}
+	if outp, err := command(initdb, "-D", dir, "-U", "cumulus", "-A", "trust", "--no-sync").CombinedOutput(); err != nil {
+		return nil, 0, fmt.Errorf("initdb: %w\n%s", err, outp)
+	}
+	port, err := freePort()
+	if err != nil {
+		return nil, 0, err
+	}
+	srv := command(filepath.Join(bin, "postgres"), "-D", dir, "-p", strconv.Itoa(port), "-k", dir,
+		"-c", "listen_addresses=127.0.0.1", "-c", "fsync=on", "-c", "synchronous_commit=on",
+		"-c", "shared_buffers=1GB", "-c", "max_connections=100")
+	logf, err := os.Create(filepath.Join(tmp, "postgres.log"))
+	if err != nil {
+		return nil, 0, err
+	}
+	srv.Stdout, srv.Stderr = logf, logf
+	if err := srv.Start(); err != nil {
+		return nil, 0, err
+	}
+	stop := func() {
+		// runuser does not forward signals: stop the server with pg_ctl.
+		if err := command(filepath.Join(bin, "pg_ctl"), "-D", dir, "stop", "-m", "fast").Run(); err != nil {
+			srv.Process.Kill()
+		}
+		srv.Wait()
+		logf.Close()
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err == nil {
+			c.Close()
+			if exec.Command("psql", "-h", "127.0.0.1", "-p", strconv.Itoa(port), "-U", "cumulus", "-d", "postgres", "-c", "select 1").Run() == nil {
+				return stop, port, nil
+			}
+		}
+		if time.Now().After(deadline) {
+			stop()
+			b, _ := os.ReadFile(filepath.Join(tmp, "postgres.log"))
+			return nil, 0, errors.New("postgres did not start:\n" + string(b))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func plotReport(rep report, path string) error {
+	p := plot.New()
+	p.Title.Text = fmt.Sprintf("pgbench TPC-B, scale %d, %d clients, %s (durable commits)", rep.Config.Scale, rep.Config.Clients, rep.Config.Duration)
+	p.Y.Label.Text = "transactions per second"
+	systems := []string{"cumulusdb", "postgresql-15"}
+	modes := strings.Split(rep.Config.Modes, ",")
+	colors := []color.Color{color.RGBA{R: 0x1f, G: 0x77, B: 0xb4, A: 0xff}, color.RGBA{R: 0xff, G: 0x7f, B: 0x0e, A: 0xff}}
+	w := vg.Points(24)
+	for i, sys := range systems {
+		vals := make(plotter.Values, len(modes))
+		any := false
+		for j, m := range modes {
+			for _, r := range rep.Results {
+				if r.System == sys && r.Mode == m {
+					vals[j] = r.TPS
+					any = true
+				}
+			}
+		}
+		if !any {
+			continue
+		}
+		bars, err := plotter.NewBarChart(vals, w)
+		if err != nil {
+			return err
+		}
+		bars.Color = colors[i]
+		bars.Offset = vg.Length(i-len(systems)/2)*w + w/2
+		p.Add(bars)
+		p.Legend.Add(sys, bars)
+	}
+	names := make([]string, len(modes))
+	for i, m := range modes {
+		names[i] = m + " protocol"
+		if r, ok := rep.Ratios[m]; ok {
+			names[i] += fmt.Sprintf(" (ratio %.2f)", r)
+		}
+	}
+	p.NominalX(names...)
+	p.Legend.Top = true
+	return p.Save(7*vg.Inch, 4*vg.Inch, path)
+}
