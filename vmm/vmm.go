@@ -861,9 +861,11 @@ func (m *machine) collectStats() Stats {
 
 // symtab symbolises addresses of one ELF.
 type symtab struct {
-	byName map[string]elf.Symbol
-	funcs  []elf.Symbol // sorted by address
-	lines  *lineTable
+	byName    map[string]elf.Symbol
+	funcs     []elf.Symbol // sorted by address
+	lines     *lineTable
+	linesOnce func() *lineTable
+	linesMu   sync.Mutex
 }
 
 func loadSymtab(f *elf.File) (*symtab, error) {
@@ -881,7 +883,9 @@ func loadSymtab(f *elf.File) (*symtab, error) {
 		}
 	}
 	sort.Slice(t.funcs, func(i, j int) bool { return t.funcs[i].Value < t.funcs[j].Value })
-	t.lines = newLineTable(f)
+	// The line table is only needed for fault reports: build it then, not
+	// on every boot.
+	t.linesOnce = func() *lineTable { return newLineTable(f) }
 	return t, nil
 }
 
@@ -890,6 +894,11 @@ func (t *symtab) lookup(pc uint64) string {
 	if t == nil {
 		return ""
 	}
+	t.linesMu.Lock()
+	if t.lines == nil && t.linesOnce != nil {
+		t.lines, t.linesOnce = t.linesOnce(), nil
+	}
+	t.linesMu.Unlock()
 	if t.lines != nil {
 		if fn, file, line := t.lines.pcToLine(pc); fn != "" {
 			return fmt.Sprintf("%s (%s:%d)", fn, file, line)
