@@ -110,6 +110,21 @@ func TestFaultReport(t *testing.T) {
 
 // TestTimeout: a guest spinning forever is stopped by -timeout, and the
 // tick keeps the rest of the runtime alive meanwhile.
+// TestMonitorFaultReport: a fault with no handler stops the VM with the
+// monitor's report: exception, address, function and file:line,
+// registers, backtrace, and a SIGSEGV-style exit status.
+func TestMonitorFaultReport(t *testing.T) {
+	r := boot(t, 1, 256<<20, time.Minute, "segv-default")
+	if r.res.ExitCode != 128+11 || r.res.Reason != "fault" {
+		t.Fatalf("exit %d (%s), want 139 (fault)\n%s", r.res.ExitCode, r.res.Reason, r.stderr)
+	}
+	for _, want := range []string{"page fault", "address 0x0", "main.run", "guest/main.go:", "backtrace", "main.main", "rip"} {
+		if !strings.Contains(r.stderr, want) {
+			t.Errorf("report lacks %q:\n%s", want, r.stderr)
+		}
+	}
+}
+
 func TestTimeout(t *testing.T) {
 	start := time.Now()
 	r := boot(t, 1, 256<<20, 2*time.Second, "spin")

@@ -15,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 	"unsafe"
 
@@ -412,6 +413,15 @@ func run(name, arg string) error {
 		for {
 			x++
 		}
+	case "segv-default":
+		// With SIGSEGV back at its default action (a raw rt_sigaction: the
+		// runtime would refuse), a fault is fatal: the monitor reports it.
+		var act [4]uint64 // SIG_DFL
+		if _, _, e := syscall.RawSyscall6(syscall.SYS_RT_SIGACTION, uintptr(syscall.SIGSEGV), uintptr(unsafe.Pointer(&act)), 0, 8, 0, 0); e != 0 {
+			return e
+		}
+		var p *int
+		fmt.Println(*p)
 	case "nil":
 		var p *int
 		fmt.Println(*p)
