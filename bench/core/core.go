@@ -54,7 +54,7 @@ type Row struct {
 // AllocBenchmarks: a kernel call against a Linux system call, and the
 // second talk's bulk workload through kapi.Frames by thread count (4 is
 // over-committed on a 2-vCPU machine).
-var AllocBenchmarks = []string{"kernel-call", "frames-bulk-1", "frames-bulk-2", "frames-bulk-4"}
+var AllocBenchmarks = []string{"kernel-call", "frames-bulk-1", "frames-bulk-2", "frames-bulk-4", "frames-random-2", "frames-random-4", "frames-pipeline"}
 
 // Startup compares process start and VM boot.
 type Startup struct {

@@ -239,6 +239,100 @@ func main() {
 		el = time.Duration(allocNs.Load() / int64(threads))
 		freePerOp = float64(freeNs.Load()) / float64(ops)
 		ops /= threads // ns per operation per thread
+	case "frames-random-2", "frames-random-4":
+		// Random free: each thread allocates its frames, then frees the
+		// frames of the next thread in random order (the talk's
+		// "random free", 40,000 per thread; 10,000 on Linux).
+		threads := int(name[len(name)-1] - '0')
+		k, _ := kapi.Default()
+		fr, err := kapi.AsFrames(k)
+		if err != nil {
+			fail(err)
+		}
+		per := 40_000
+		if !unikernel.Probe() {
+			per /= 4
+		}
+		held := make([][][]byte, threads)
+		var wg sync.WaitGroup
+		var allocNs, freeNs atomic.Int64
+		for g := 0; g < threads; g++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				runtime.LockOSThread()
+				t0 := time.Now()
+				h := make([][]byte, per)
+				for i := range h {
+					if h[i], err = fr.FramesAlloc(0); err != nil {
+						fail(err)
+					}
+				}
+				allocNs.Add(int64(time.Since(t0)))
+				held[g] = h
+			}()
+		}
+		wg.Wait()
+		for g := 0; g < threads; g++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				runtime.LockOSThread()
+				h := held[(g+1)%threads]
+				x := uint64(g + 1)
+				for i := len(h) - 1; i > 0; i-- { // Fisher–Yates with an LCG
+					x = x*6364136223846793005 + 1442695040888963407
+					j := int(x>>33) % (i + 1)
+					h[i], h[j] = h[j], h[i]
+				}
+				t0 := time.Now()
+				for _, b := range h {
+					if err := fr.FramesFree(b, 0); err != nil {
+						fail(err)
+					}
+				}
+				freeNs.Add(int64(time.Since(t0)))
+			}()
+		}
+		wg.Wait()
+		ops = per * threads
+		el = time.Duration(allocNs.Load() / int64(threads))
+		freePerOp = float64(freeNs.Load()) / float64(ops)
+		ops /= threads
+	case "frames-pipeline":
+		// Pipeline: one thread allocates, another frees what it receives.
+		k, _ := kapi.Default()
+		fr, err := kapi.AsFrames(k)
+		if err != nil {
+			fail(err)
+		}
+		ops = 200_000
+		if !unikernel.Probe() {
+			ops /= 4
+		}
+		ch := make(chan []byte, 1024)
+		done := make(chan struct{})
+		start := time.Now()
+		go func() {
+			runtime.LockOSThread()
+			for b := range ch {
+				if err := fr.FramesFree(b, 0); err != nil {
+					fail(err)
+				}
+			}
+			close(done)
+		}()
+		runtime.LockOSThread()
+		for i := 0; i < ops; i++ {
+			b, err := fr.FramesAlloc(0)
+			if err != nil {
+				fail(err)
+			}
+			ch <- b
+		}
+		close(ch)
+		<-done
+		el = time.Since(start)
 	case "alloc-gc":
 		ops = 2_000_000
 		var keep [64][]byte
