@@ -243,6 +243,9 @@ func (n *scanNode) each(rc *runCtx, fn func(key []byte, row Row) error) error {
 		if err != nil {
 			return err
 		}
+		if rc.s.canceled.Load() {
+			return errCanceled
+		}
 		for _, r := range rows {
 			if err := visit(r.k, r.v, n.lock); err != nil {
 				return err

@@ -151,6 +151,8 @@ func (n *limitNode) run(rc *runCtx, emit func(Row) error) error {
 
 var errLimit = sqlerr.New(sqlerr.Internal, "limit reached")
 
+var errCanceled = sqlerr.New(sqlerr.QueryCanceled, "canceling statement due to user request")
+
 type sortKey struct {
 	col        int
 	desc       bool
@@ -303,6 +305,9 @@ type applyJoin struct {
 func (n *applyJoin) cols() []col { return n.cs }
 func (n *applyJoin) run(rc *runCtx, emit func(Row) error) error {
 	return n.left.run(rc, func(l Row) error {
+		if rc.s.canceled.Load() {
+			return errCanceled
+		}
 		matched := false
 		rc.outer = append(rc.outer, l)
 		var rows []Row
