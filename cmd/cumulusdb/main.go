@@ -1,40 +1,48 @@
-// Command cumulusdb is the CumulusDB server. The SQL server over the
-// PostgreSQL protocol arrives with the SQL issue; until then this program
-// shows the image working: it reports the machine it booted on and
-// exercises the runtime the database will use (goroutines on every vCPU,
-// the clock, the heap).
+// Command cumulusdb is the CumulusDB server: the PostgreSQL protocol on
+// -listen, the database in -data. As a Linux process it serves until
+// SIGINT/SIGTERM. Inside the unikernel image there is no network device
+// yet (the devices issue adds it): the program then reports the machine it
+// booted on, says that it cannot listen, and exits 0, so the image run
+// stays a working demonstration.
 package main
 
 import (
+	"context"
+	"errors"
+	"flag"
 	"fmt"
 	"os"
+	"os/signal"
 	"runtime"
-	"sync"
+	"syscall"
 	"time"
+
+	"github.com/cumulusdb/cumulus/db/pgwire"
 )
 
 func main() {
+	listen := flag.String("listen", "127.0.0.1:5432", "address to serve the PostgreSQL protocol on")
+	data := flag.String("data", "cumulus-data", "data directory")
+	password := flag.String("password", "", "require SCRAM-SHA-256 with this password (default: trust loopback)")
+	flag.Parse()
 	start := time.Now()
-	fmt.Printf("cumulusdb: booted; GOMAXPROCS=%d, Go %s, args %q\n", runtime.GOMAXPROCS(0), runtime.Version(), os.Args[1:])
-	// One worker per vCPU, each hashing a private buffer.
-	var wg sync.WaitGroup
-	sums := make([]uint64, runtime.GOMAXPROCS(0))
-	for w := range sums {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			buf := make([]byte, 8<<20)
-			h := uint64(14695981039346656037)
-			for i := range buf {
-				buf[i] = byte(i * (w + 1))
-				h = (h ^ uint64(buf[i])) * 1099511628211
-			}
-			sums[w] = h
-		}()
+	fmt.Printf("cumulusdb: booted; GOMAXPROCS=%d, Go %s\n", runtime.GOMAXPROCS(0), runtime.Version())
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	err := pgwire.Run(ctx, pgwire.Config{Listen: *listen, DataDir: *data, Password: *password})
+	switch {
+	case err == nil:
+	case errors.Is(err, pgwire.ErrListen) && noNetwork(err):
+		fmt.Printf("cumulusdb: no network here (%v) after %v; the SQL server needs the devices issue's network to run in the image; exiting\n",
+			err, time.Since(start).Round(time.Microsecond))
+	default:
+		fmt.Fprintln(os.Stderr, "cumulusdb:", err)
+		os.Exit(1)
 	}
-	wg.Wait()
-	var ms runtime.MemStats
-	runtime.ReadMemStats(&ms)
-	fmt.Printf("cumulusdb: %d workers done in %v; heap %d MiB from the guest kernel\n", len(sums), time.Since(start).Round(time.Microsecond), ms.HeapSys>>20)
-	fmt.Println("cumulusdb: the SQL server (PostgreSQL protocol) is not built yet: see the open issues; exiting")
+}
+
+// noNetwork reports whether listening failed because sockets do not exist
+// (as in the image today), not because of the address.
+func noNetwork(err error) bool {
+	return errors.Is(err, syscall.ENOSYS) || errors.Is(err, syscall.EAFNOSUPPORT) || errors.Is(err, syscall.EPROTONOSUPPORT)
 }

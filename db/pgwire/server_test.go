@@ -237,8 +237,8 @@ func TestMalformedInput(t *testing.T) {
 	ts := startServer(t, "")
 	inputs := [][]byte{
 		[]byte("GET / HTTP/1.1\r\n\r\n"),
-		{0, 0, 0, 8, 0, 3, 0, 0},                  // startup without parameters
-		{0, 0, 0, 4},                              // too short
+		{0, 0, 0, 8, 0, 3, 0, 0},                   // startup without parameters
+		{0, 0, 0, 4},                               // too short
 		{0x7f, 0xff, 0xff, 0xff, 0, 3, 0, 0, 0, 0}, // huge length
 	}
 	for _, in := range inputs {
