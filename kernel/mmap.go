@@ -259,11 +259,10 @@ func sysSysinfoImpl(a uintptr) int64 {
 // returning frames, because returning frames needs a TLB shootdown on
 // every vCPU (a monitor-run CPL 0 stub, a few hundred µs in all).
 //
-// Reclaim is off unless the monitor sets boot.FlagReclaim (`cumulus run
-// -reclaim`): with it on, a rare page fault was seen to report CR2 = 0,
-// which points at the monitor's KVM_SET_SREGS around the flush stub
-// racing with a fault. Until that is understood, discarded memory is
-// zeroed in place and keeps its frames.
+// The monitor sets boot.FlagReclaim unless told not to (`cumulus run
+// -no-reclaim`); without it, discarded memory is zeroed in place and keeps
+// its frames. TestShootdown checks that no vCPU reaches a reused frame
+// through a stale translation.
 const reclaimMin = 256 << 10
 
 var reclaimBuf [512]mm.Reclaimed

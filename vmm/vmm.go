@@ -48,7 +48,9 @@ type Config struct {
 	Tick     time.Duration // preemption tick (default 10 ms)
 	Log      *slog.Logger
 	Shares   []Share // host directories visible in the guest
-	Reclaim  bool    // return discarded frames (experimental: TLB shootdowns)
+	// NoReclaim keeps discarded memory's frames (zeroed in place) instead
+	// of returning them after a TLB shootdown.
+	NoReclaim bool
 	// KeepSyscall leaves the program's SYSCALL sites as they are instead
 	// of rewriting them into direct calls (for comparisons).
 	KeepSyscall bool
@@ -337,7 +339,7 @@ func (m *machine) setup(img *Image) error {
 		ImageEnd: imageEnd, MainStackTop: l.mainStack + boot.MainStackSize,
 		TSCMult:    (1_000_000 << 32) / max(tscKHz, 1),
 		KCallEntry: m.kern.byName[boot.SymKCallEntry].Value,
-		Flags:      reclaimFlag(m.cfg.Reclaim),
+		Flags:      reclaimFlag(!m.cfg.NoReclaim),
 	}
 	m.buildVDSO()
 	m.installPrivops()

@@ -403,6 +403,67 @@ func run(name, arg string) error {
 		if after := fr.FreePhysMem(); after+8<<20 < before {
 			return fmt.Errorf("free memory %d before, %d after: frames leaked", before, after)
 		}
+	case "tlb":
+		// Run with -reclaim on 2 vCPUs. A reader on one vCPU keeps the
+		// translation of page P hot; another vCPU discards P's range
+		// (unmap, shootdown, free), takes frames until the old one comes
+		// back, and stamps them. A reader still reaching P's old frame
+		// through a stale TLB entry would see the stamp.
+		k, _ := kapi.Default()
+		m := k.Memory()
+		fr, _ := kapi.AsFrames(k)
+		const size = 4 << 20
+		for round := 0; round < 20; round++ {
+			r, err := m.Reserve(size, 2<<20)
+			if err != nil {
+				return err
+			}
+			m.Allocate(r, 0, size)
+			for off := 0; off < size; off += 4096 {
+				r.Mem[off] = 1
+			}
+			p := (*uint64)(unsafe.Pointer(&r.Mem[size/2]))
+			var stop, bad atomic.Bool
+			var reads atomic.Int64
+			ready, exited := make(chan struct{}), make(chan struct{})
+			go func() {
+				runtime.LockOSThread()
+				defer close(exited)
+				close(ready)
+				for !stop.Load() {
+					if v := atomic.LoadUint64(p); v == 0xdeadbeefcafe {
+						bad.Store(true)
+					}
+					reads.Add(1)
+				}
+			}()
+			<-ready
+			for reads.Load() < 1000 {
+				runtime.Gosched()
+			}
+			if err := m.Discard(r, 0, size); err != nil {
+				return err
+			}
+			var got [][]byte
+			for i := 0; i < 4096; i++ {
+				b, err := fr.FramesAlloc(0)
+				if err != nil {
+					break
+				}
+				*(*uint64)(unsafe.Pointer(&b[size/2%4096])) = 0xdeadbeefcafe
+				got = append(got, b)
+			}
+			time.Sleep(2 * time.Millisecond)
+			stop.Store(true)
+			<-exited // the range is freed below: the reader must be gone
+			for _, b := range got {
+				fr.FramesFree(b, 0)
+			}
+			if bad.Load() {
+				return fmt.Errorf("round %d: a stale TLB entry reached a freed frame", round)
+			}
+			m.Free(r)
+		}
 	case "procs":
 		if want, _ := strconv.Atoi(arg); runtime.GOMAXPROCS(0) != want || runtime.NumCPU() != want {
 			return fmt.Errorf("GOMAXPROCS=%d NumCPU=%d, want %d", runtime.GOMAXPROCS(0), runtime.NumCPU(), want)
