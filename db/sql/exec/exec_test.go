@@ -12,7 +12,7 @@ import (
 	"github.com/cumulusdb/cumulus/db/storage"
 )
 
-func openEngine(t *testing.T) (*Engine, string) {
+func openEngine(t testing.TB) (*Engine, string) {
 	t.Helper()
 	dir := t.TempDir()
 	path := filepath.Join(dir, "db")
