@@ -32,6 +32,10 @@ func kcall(op, a0, a1, a2 uint64) (r0, r1 uint64) {
 		return pcpu().cpu, 0
 	case boot.KCNop:
 		return 0, 0
+	case boot.KCFlushTLB:
+		outl(boot.HCFlush, 0)
+		stats.Shootdowns++
+		return 0, 0
 	}
 	return 0, _ENOSYS
 }

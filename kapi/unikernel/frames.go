@@ -65,3 +65,11 @@ func CPU() int {
 
 // direct turns a physical address into a pointer through the direct map.
 func direct(pa uint64) unsafe.Pointer { return *(*unsafe.Pointer)(unsafe.Pointer(&pa)) }
+
+// FlushTLB implements kapi.TLB: a shootdown on every vCPU, by kernel call.
+func (Kernel) FlushTLB() error {
+	if _, errno := kcall(boot.KCFlushTLB, 0, 0, 0); errno != 0 {
+		return fmt.Errorf("kapi/unikernel: flush TLB: %w", unix.Errno(errno))
+	}
+	return nil
+}

@@ -139,6 +139,7 @@ const (
 	KCFramesStats = 3 // → r0=free bytes, r1=total bytes
 	KCCPU         = 4 // → r0=current vCPU
 	KCNop         = 5 // → nothing: measures the call itself
+	KCFlushTLB    = 6 // TLB shootdown on every vCPU
 )
 
 // Offsets in BootInfo read by the vDSO clock (entry_amd64.s).

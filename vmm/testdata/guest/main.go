@@ -327,6 +327,13 @@ func run(name, arg string) error {
 		if in, _ := m.Resident(r, 12<<20); !in || r.Mem[12<<20] != 5 {
 			return fmt.Errorf("page not usable after discard")
 		}
+		tlb, err := kapi.AsTLB(k)
+		if err != nil {
+			return err
+		}
+		if err := tlb.FlushTLB(); err != nil {
+			return err
+		}
 		st, err := m.Stats()
 		if err != nil || st.Total == 0 || st.Available > st.Total {
 			return fmt.Errorf("stats %+v %v", st, err)
