@@ -57,7 +57,8 @@ type threadHdr struct {
 	altSP      uint64 // sigaltstack
 	altSize    uint64
 	altFlags   int32
-	pfRetries  int32 // page faults re-executed for lack of a usable CR2
+	pfRetries  int32  // page faults re-executed for lack of a usable CR2
+	affinity   uint64 // CPUs the thread may run on (0: any)
 }
 
 type thread struct {
@@ -85,6 +86,7 @@ var (
 	runqLen         atomic.Int32 // mirrors runqN for lock-free idle polling
 	nextDeadline    atomic.Int64
 	wantKick        bool
+	kickEvery       bool
 
 	frames mm.Frames
 	pt     mm.PageTable
@@ -132,31 +134,49 @@ func enqueue(i int32) {
 	runqN++
 	runqLen.Store(runqN)
 	wantKick = true
+	if threads[i].affinity != 0 {
+		kickEvery = true // only some vCPUs may run it: wake them all
+	}
 }
 
-func dequeue() int32 {
-	if runqN == 0 {
-		return -1
+func dequeue() int32 { return dequeueFor(-1) }
+
+// dequeueFor takes the first queued thread allowed to run on CPU c (any
+// thread if c < 0): threads pinned with sched_setaffinity wait for their
+// CPUs. The queue is short, so a scan is cheap.
+func dequeueFor(c int) int32 {
+	for k := int32(0); k < runqN; k++ {
+		pos := (runqHead + k) % boot.MaxThreads
+		i := runq[pos]
+		if c >= 0 && threads[i].affinity != 0 && threads[i].affinity&(1<<uint(c)) == 0 {
+			continue
+		}
+		// Close the gap: shift the threads ahead of it back by one.
+		for j := k; j > 0; j-- {
+			runq[(runqHead+j)%boot.MaxThreads] = runq[(runqHead+j-1)%boot.MaxThreads]
+		}
+		runqHead = (runqHead + 1) % boot.MaxThreads
+		runqN--
+		runqLen.Store(runqN)
+		return i
 	}
-	i := runq[runqHead]
-	runqHead = (runqHead + 1) % boot.MaxThreads
-	runqN--
-	runqLen.Store(runqN)
-	return i
+	return -1
 }
 
 // kunlock releases klock, then wakes one halted vCPU if work was queued.
 // The kick is a VM exit (~46 µs), so it is never done under the lock.
 func kunlock() {
-	k := wantKick
-	wantKick = false
+	k, all := wantKick, kickEvery
+	wantKick, kickEvery = false, false
 	klock.unlock()
 	if k {
-		kickIdle()
+		kickIdle(all)
 	}
 }
 
-func kickIdle() {
+// kickIdle wakes one halted vCPU, or every halted vCPU when a queued
+// thread is pinned to some of them.
+func kickIdle(all bool) {
 	self := int(pcpu().cpu)
 	for c := 0; c < ncpu; c++ {
 		if c == self {
@@ -165,7 +185,9 @@ func kickIdle() {
 		if atomic.CompareAndSwapUint64(&pcpuOf(c).halted, 1, 0) {
 			atomic.AddUint64(&stats.Kicks, 1)
 			outl(boot.HCKick, uint32(c))
-			return
+			if !all {
+				return
+			}
 		}
 	}
 }
@@ -209,7 +231,7 @@ func block(c int, cur int32, kind int32, addr uintptr, deadline int64) {
 func pickNext(c int) {
 	for {
 		checkTimers(nanotime())
-		if i := dequeue(); i >= 0 {
+		if i := dequeueFor(c); i >= 0 {
 			run(c, i)
 			kunlock()
 			return

@@ -225,10 +225,41 @@ func dispatch(c int, cur int32, t *thread, nr uint64) int64 {
 		if a1 < 8 {
 			return -_EINVAL
 		}
+		tt := threadByTID(int32(a0), cur)
+		if tt == nil {
+			return -3 // ESRCH
+		}
 		clear(ubytes(a2, a1))
-		*u64(a2) = 1<<uint(ncpu) - 1
+		mask := uint64(1)<<uint(ncpu) - 1
+		if tt.affinity != 0 {
+			mask &= tt.affinity
+		}
+		*u64(a2) = mask
 		return 8
 	case sysSchedSetaff:
+		if a1 < 8 {
+			return -_EINVAL
+		}
+		tt := threadByTID(int32(a0), cur)
+		if tt == nil {
+			return -3 // ESRCH
+		}
+		mask := *u64(a2) & (uint64(1)<<uint(ncpu) - 1)
+		if mask == 0 {
+			return -_EINVAL
+		}
+		if mask == uint64(1)<<uint(ncpu)-1 {
+			mask = 0
+		}
+		tt.affinity = mask
+		if tt == t && mask != 0 && mask&(1<<uint(c)) == 0 {
+			// Running on a CPU it may no longer use: move now.
+			t.tf.rax = 0
+			klock.lock()
+			enqueue(cur)
+			pickNext(c)
+			return blocked
+		}
 		return 0
 	case sysSchedYield:
 		klock.lock()
@@ -530,6 +561,7 @@ func sysCloneImpl(cur int32, flags, stack, ptid, ctid, tls uintptr) int64 {
 	nt.sigPending = 0
 	nt.sigMask = parent.sigMask
 	nt.altSP, nt.altSize, nt.altFlags = 0, 0, ssDisable
+	nt.affinity = parent.affinity
 	nt.waitKind = wNone
 	nt.deadline = 0
 	if flags&cloneParentSetTID != 0 && !badPtr(ptid) {
@@ -612,4 +644,17 @@ func getrandom(a, n uintptr) {
 			i++
 		}
 	}
+}
+
+// threadByTID finds a thread (tid 0: the caller).
+func threadByTID(tid int32, cur int32) *thread {
+	if tid == 0 {
+		return &threads[cur]
+	}
+	for i := int32(0); i < nthreads; i++ {
+		if threads[i].state != tFree && threads[i].tid == tid {
+			return &threads[i]
+		}
+	}
+	return nil
 }

@@ -19,8 +19,10 @@ import (
 	"time"
 	"unsafe"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/cumulusdb/cumulus/kapi"
-	_ "github.com/cumulusdb/cumulus/kapi/unikernel"
+	"github.com/cumulusdb/cumulus/kapi/unikernel"
 )
 
 func main() {
@@ -371,8 +373,24 @@ func run(name, arg string) error {
 			go func() {
 				defer wg.Done()
 				runtime.LockOSThread()
+				// Pin each thread to one vCPU, round robin, and check it.
+				cpu := g % runtime.NumCPU()
+				var set unix.CPUSet
+				set.Set(cpu)
+				if err := unix.SchedSetaffinity(0, &set); err != nil {
+					errs <- err
+					return
+				}
+				if on := unikernel.CPU(); on != cpu {
+					errs <- fmt.Errorf("thread pinned to vCPU %d runs on %d", cpu, on)
+					return
+				}
 				held := make([][]byte, 0, 5000)
 				for round := 0; round < 4; round++ {
+					if on := unikernel.CPU(); on != cpu {
+						errs <- fmt.Errorf("thread pinned to vCPU %d migrated to %d", cpu, on)
+						return
+					}
 					for i := 0; i < 5000; i++ {
 						f, err := fr.FramesAlloc(0)
 						if err != nil {
