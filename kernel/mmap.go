@@ -17,6 +17,7 @@ package kernel
 import (
 	"github.com/cumulusdb/cumulus/kernel/boot"
 	"github.com/cumulusdb/cumulus/kernel/mm"
+	"github.com/cumulusdb/cumulus/kernel/mm/vrange"
 )
 
 const (
@@ -37,6 +38,16 @@ var mmlock spinlock
 var (
 	mmapLo    uintptr
 	committed mm.VMAs // program memory with PROT_READ/WRITE
+	ranges    vrange.Allocator
+)
+
+// The window where mmap places ranges that come without a usable hint:
+// each vCPU carves them from its own 1 GiB superblocks (kernel/mm/vrange),
+// so placement never contends across vCPUs. (The VMA set and the page
+// table still take mmlock.) The Go heap's hinted arenas start far below.
+const (
+	rangeLo = 0x7e00_0000_0000
+	rangeHi = 0x7fff_0000_0000
 )
 
 // eagerBelow: commits smaller than this are mapped at mmap time, since a
@@ -106,6 +117,9 @@ func initMmap() {
 	}
 	vmas.Insert(0, mmapLo)
 	vmas.Insert(kernelImageBase, kernelImageEnd)
+	if err := ranges.Init(rangeLo, rangeHi, ncpu, 0); err != nil {
+		kprint("cumulus kernel: range allocator: bad window\n")
+	}
 }
 
 func sysMmapImpl(addr, length, prot, flags uintptr, fd int32, off uintptr) int64 {
@@ -134,8 +148,9 @@ func sysMmapImpl(addr, length, prot, flags uintptr, fd int32, off uintptr) int64
 		if n >= mm.HugeSize {
 			align = mm.HugeSize
 		}
-		va = vmas.FindGap(n, align, mmapLo, mmapTop)
-		if va == 0 {
+		if a, err := ranges.Alloc(currentCPU(), n, align); err == nil && vmas.Free(a, a+n) {
+			va = a
+		} else if va = vmas.FindGap(n, align, mmapLo, rangeLo); va == 0 {
 			return -_ENOMEM
 		}
 	}
@@ -175,6 +190,9 @@ func sysMunmapImpl(addr, length uintptr) int64 {
 	discard(addr, n)
 	vmas.Remove(addr, addr+n)
 	committed.Remove(addr, addr+n)
+	if addr >= rangeLo && addr+n <= rangeHi {
+		ranges.Free(currentCPU(), addr, n) // back to this vCPU's free list
+	}
 	return 0
 }
 
