@@ -47,6 +47,8 @@ type Row struct {
 	HCPerSec      float64 `json:"image_hypercalls_per_s"`
 	EntryPerSec   float64 `json:"image_kernel_entries_per_s"`
 	SyscallsPerOp float64 `json:"image_syscalls_per_op"`
+	PTWritesPerOp float64 `json:"image_pt_writes_per_op"`
+	FaultsPerOp   float64 `json:"image_page_faults_per_op"`
 	LinuxFreeNs   float64 `json:"linux_free_ns_per_op,omitempty"`
 	ImageFreeNs   float64 `json:"image_free_ns_per_op,omitempty"`
 }
@@ -58,6 +60,8 @@ var AllocBenchmarks = []string{"kernel-call", "frames-bulk-1", "frames-bulk-2", 
 
 // Startup compares process start and VM boot.
 type Startup struct {
+	ImagePTWrites uint64  `json:"image_pt_writes"`
+	ImageFaults   uint64  `json:"image_page_faults"`
 	LinuxToMainMs float64 `json:"linux_start_to_main_ms"`
 	ImageToMainMs float64 `json:"image_start_to_main_ms"`
 	LinuxTotalMs  float64 `json:"linux_total_ms"`
@@ -145,6 +149,7 @@ func Run(o Options) (*Report, error) {
 		rep.Startup.ImageTotalMs = min(rep.Startup.ImageTotalMs, ms(time.Since(start)))
 		rep.Startup.ImageToMainMs = min(rep.Startup.ImageToMainMs, ms(res.Stats.StartToFirstWrite))
 		rep.Startup.ImageExits, rep.Startup.ImageSyscalls = res.Stats.Exits, res.Stats.Syscalls
+		rep.Startup.ImagePTWrites, rep.Startup.ImageFaults = res.Stats.PTWrites, res.Stats.PageFaults
 	}
 
 	names := Benchmarks
@@ -188,7 +193,9 @@ func Run(o Options) (*Report, error) {
 			ExitsPerSec: float64(res.Stats.Exits) / secs, HCPerSec: float64(hc) / secs,
 			EntryPerSec:   float64(entries) / secs,
 			SyscallsPerOp: float64(int64(res.Stats.Syscalls)-int64(rep.Startup.ImageSyscalls)) / float64(ops),
-			LinuxFreeNs:   linFree, ImageFreeNs: imgFree}
+			LinuxFreeNs:   linFree, ImageFreeNs: imgFree,
+			PTWritesPerOp: float64(int64(res.Stats.PTWrites)-int64(rep.Startup.ImagePTWrites)) / float64(ops),
+			FaultsPerOp:   float64(int64(res.Stats.PageFaults)-int64(rep.Startup.ImageFaults)) / float64(ops)}
 		fmt.Fprintf(o.Progress, " %.1f ns/op (%.2fx)\n", imgNs, row.Ratio)
 		rep.Rows = append(rep.Rows, row)
 		imageNs[name] = imgNs
@@ -285,9 +292,9 @@ func (r *Report) Table() string {
 	fmt.Fprintf(&b, "CumulusDB unikernel core vs Linux process, same binary, %d vCPUs / GOMAXPROCS, %d MiB\n", r.CPUs, r.MemMiB)
 	fmt.Fprintf(&b, "start → main:   linux %.2f ms   image %.2f ms   (%.1fx)\n", s.LinuxToMainMs, s.ImageToMainMs, s.ImageToMainMs/s.LinuxToMainMs)
 	fmt.Fprintf(&b, "total run:      linux %.2f ms   image %.2f ms   (%.1fx)   image: %d exits, %d syscalls\n", s.LinuxTotalMs, s.ImageTotalMs, s.ImageTotalMs/s.LinuxTotalMs, s.ImageExits, s.ImageSyscalls)
-	fmt.Fprintf(&b, "%-16s %12s %12s %8s %10s %12s %12s %10s\n", "benchmark", "linux ns/op", "image ns/op", "ratio", "exits/s", "hypercall/s", "k-entries/s", "sys/op")
+	fmt.Fprintf(&b, "%-16s %12s %12s %8s %10s %12s %12s %10s %10s %10s\n", "benchmark", "linux ns/op", "image ns/op", "ratio", "exits/s", "hypercall/s", "k-entries/s", "sys/op", "ptw/op", "faults/op")
 	for _, x := range r.Rows {
-		fmt.Fprintf(&b, "%-16s %12.1f %12.1f %7.2fx %10.0f %12.0f %12.0f %10.4f\n", x.Name, x.LinuxNs, x.ImageNs, x.Ratio, x.ExitsPerSec, x.HCPerSec, x.EntryPerSec, x.SyscallsPerOp)
+		fmt.Fprintf(&b, "%-16s %12.1f %12.1f %7.2fx %10.0f %12.0f %12.0f %10.4f %10.4f %10.4f\n", x.Name, x.LinuxNs, x.ImageNs, x.Ratio, x.ExitsPerSec, x.HCPerSec, x.EntryPerSec, x.SyscallsPerOp, x.PTWritesPerOp, x.FaultsPerOp)
 		if x.ImageFreeNs != 0 {
 			fmt.Fprintf(&b, "%-16s %12.1f %12.1f %7.2fx   (free)\n", "", x.LinuxFreeNs, x.ImageFreeNs, x.ImageFreeNs/x.LinuxFreeNs)
 		}
