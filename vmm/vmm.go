@@ -175,6 +175,7 @@ func Run(img *Image, cfg Config) (Result, error) {
 	if err := m.setup(img); err != nil {
 		return Result{}, err
 	}
+	m.cfg.Log.Debug("vmm: set-up done", "elapsed", time.Since(m.start))
 	return m.run()
 }
 
@@ -297,12 +298,15 @@ func (m *machine) setup(img *Image) error {
 		return fmt.Errorf("vmm: %d MiB of RAM is too little for this image (%d MiB used before the program starts)", m.cfg.MemBytes>>20, l.freeStart>>20)
 	}
 
+	m.cfg.Log.Debug("vmm: images loaded", "elapsed", time.Since(m.start))
 	m.buildPageTables()
 	m.buildCPUTables()
 	m.buildPerCPU()
 	rsp := m.buildStack(pf)
+	m.cfg.Log.Debug("vmm: tables built", "elapsed", time.Since(m.start))
 
 	// vCPUs.
+	m.cfg.Log.Debug("vmm: memory ready", "elapsed", time.Since(m.start))
 	cpuid, err := m.kvmSys.SupportedCPUID()
 	if err != nil {
 		return err
@@ -321,6 +325,7 @@ func (m *machine) setup(img *Image) error {
 			return fmt.Errorf("vmm: vcpu %d: %w", i, err)
 		}
 	}
+	m.cfg.Log.Debug("vmm: vCPUs created", "elapsed", time.Since(m.start))
 	// Boot information, with the TSC as the vCPUs will see it.
 	tscKHz, err := m.cpus[0].c.TSCKHz()
 	if err != nil {

@@ -189,7 +189,7 @@ func (rf *runFlags) config(args []string) (vmm.Config, error) {
 	return vmm.Config{
 		CPUs: rf.cpus, MemBytes: mem, Timeout: rf.timeout, Args: args, Env: env,
 		Shares: shares, Cwd: rf.workdir, NoReclaim: rf.noReclaim, KeepSyscall: rf.keepSyscall,
-		Log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		Log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: logLevel()})),
 	}, nil
 }
 
@@ -401,4 +401,12 @@ func cmdUp(args []string) (int, error) {
 	}
 	rf.stats = true
 	return runImage(img, cfg, false)
+}
+
+// logLevel: CUMULUS_DEBUG=1 shows the monitor's debug log (boot phases).
+func logLevel() slog.Level {
+	if os.Getenv("CUMULUS_DEBUG") != "" {
+		return slog.LevelDebug
+	}
+	return slog.LevelWarn
 }
