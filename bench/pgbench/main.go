@@ -98,43 +98,44 @@ func run(out string, cfg config, dur time.Duration, pgBin string, skipPG bool) e
 	rep := report{Config: cfg, Ratios: map[string]float64{}}
 	modes := strings.Split(cfg.Modes, ",")
 
-	// CumulusDB, in this process.
+	// CumulusDB, in this process, on a fresh database per mode (DROP TABLE
+	// does not reclaim space yet, so re-initialising in place would grow
+	// the working set).
 	tmp, err := os.MkdirTemp("", "cumulus-pgbench-")
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(tmp)
-	port, err := freePort()
-	if err != nil {
-		return err
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	ready := make(chan struct{})
-	done := make(chan error, 1)
-	go func() {
-		done <- pgwire.Run(ctx, pgwire.Config{Listen: fmt.Sprintf("127.0.0.1:%d", port), DataDir: filepath.Join(tmp, "cumulus"),
-			PoolSize: 1 << 30, Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
-			Ready: func(net.Addr) { close(ready) }})
-	}()
-	select {
-	case <-ready:
-	case err := <-done:
-		cancel()
-		return fmt.Errorf("cumulusdb: %w", err)
-	}
-	for _, mode := range modes {
-		r, err := measure(pgbench, "cumulusdb", mode, port, "cumulus", cfg, dur)
+	for i, mode := range modes {
+		port, err := freePort()
 		if err != nil {
+			return err
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		ready := make(chan struct{})
+		done := make(chan error, 1)
+		go func() {
+			done <- pgwire.Run(ctx, pgwire.Config{Listen: fmt.Sprintf("127.0.0.1:%d", port), DataDir: filepath.Join(tmp, fmt.Sprintf("cumulus%d", i)),
+				PoolSize: 1 << 30, Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+				Ready: func(net.Addr) { close(ready) }})
+		}()
+		select {
+		case <-ready:
+		case err := <-done:
 			cancel()
-			<-done
+			return fmt.Errorf("cumulusdb: %w", err)
+		}
+		r, err := measure(pgbench, "cumulusdb", mode, port, "cumulus", cfg, dur)
+		cancel()
+		if derr := <-done; err == nil && derr != nil {
+			err = fmt.Errorf("cumulusdb: %w", derr)
+		}
+		if err != nil {
 			return err
 		}
 		rep.Results = append(rep.Results, r)
 		printResult(r)
-	}
-	cancel()
-	if err := <-done; err != nil {
-		return fmt.Errorf("cumulusdb: %w", err)
+		os.RemoveAll(filepath.Join(tmp, fmt.Sprintf("cumulus%d", i)))
 	}
 
 	if !skipPG {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"syscall"
 
 	"github.com/cumulusdb/cumulus/db/pgwire"
@@ -19,11 +20,23 @@ func cmdServe(args []string) (int, error) {
 	data := fs.String("data", "cumulus-data", "data directory")
 	password := fs.String("password", "", "require SCRAM-SHA-256 authentication with this password (default: trust loopback)")
 	pool := fs.Int64("pool", 0, "buffer pool size in bytes (0: engine default)")
+	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	if err := fs.Parse(args); err != nil {
 		return 2, err
 	}
 	if *password == "" {
 		*password = os.Getenv("CUMULUS_PASSWORD")
+	}
+	if *cpuprofile != "" {
+		f, err := os.Create(*cpuprofile)
+		if err != nil {
+			return 1, fmt.Errorf("serve: %w", err)
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return 1, fmt.Errorf("serve: %w", err)
+		}
+		defer pprof.StopCPUProfile()
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
