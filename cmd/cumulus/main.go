@@ -394,8 +394,15 @@ func cmdUp(args []string) (int, error) {
 	if err != nil {
 		return 1, err
 	}
-	fmt.Fprintf(os.Stderr, "cumulus: booting it on %d vCPU(s), %s of memory, under KVM...\n", rf.cpus, rf.mem)
-	cfg, err := rf.config(append([]string{"cumulusdb"}, fs.Args()...))
+	// The database lives in a host directory shared as /data, so it
+	// persists from one `cumulus up` to the next.
+	dataDir := filepath.Join(root, "out", "cumulusdb-data")
+	if err := os.MkdirAll(dataDir, 0o755); err != nil {
+		return 1, err
+	}
+	fmt.Fprintf(os.Stderr, "cumulus: booting it on %d vCPU(s), %s of memory, under KVM (data: %s as /data)...\n", rf.cpus, rf.mem, dataDir)
+	rf.shares = append(rf.shares, dataDir+":/data")
+	cfg, err := rf.config(append([]string{"cumulusdb", "-data", "/data"}, fs.Args()...))
 	if err != nil {
 		return 2, err
 	}
