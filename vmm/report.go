@@ -6,6 +6,9 @@ import (
 	"encoding/binary"
 	"fmt"
 	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/cumulusdb/cumulus/kernel/boot"
 	"github.com/cumulusdb/cumulus/vmm/kvm"
@@ -141,12 +144,32 @@ func (v *vcpu) crash(reason uint32) {
 	m.stop(Result{ExitCode: 1, Reason: "crash"})
 }
 
-// reportHang prints where each vCPU is when the timeout fires.
+// reportHang prints where each vCPU is when the timeout fires: each one is
+// kicked out of the guest and hands over its registers between exits.
 func (m *machine) reportHang() {
 	var w strings.Builder
 	fmt.Fprintf(&w, "cumulus: timeout after %v; guest still running\n", m.cfg.Timeout)
 	for _, v := range m.cpus {
-		fmt.Fprintf(&w, "  vCPU %d: halted=%v in-kernel=%v\n", v.id, v.halted.Load(), *m.pc64(v.id, boot.PCInKernel) != 0)
+		v.wantSnap.Store(true)
+		select {
+		case v.kick <- struct{}{}:
+		default:
+		}
+		if tid := v.tid.Load(); tid != 0 {
+			unix.Tgkill(unix.Getpid(), int(tid), unix.SIGURG)
+		}
+	}
+	for _, v := range m.cpus {
+		halted, inKernel := v.halted.Load(), *m.pc64(v.id, boot.PCInKernel) != 0
+		select {
+		case r := <-v.snap:
+			fmt.Fprintf(&w, "  vCPU %d: rip %#x %s (in kernel: %v)\n", v.id, r.RIP, m.symbolize(r.RIP), inKernel)
+			var bt strings.Builder
+			m.backtrace(&bt, r.RIP, r.RSP, r.RBP)
+			w.WriteString(strings.ReplaceAll(bt.String(), "\n  ", "\n    "))
+		case <-time.After(500 * time.Millisecond):
+			fmt.Fprintf(&w, "  vCPU %d: no answer (halted=%v, in kernel=%v)\n", v.id, halted, inKernel)
+		}
 	}
 	m.outMu.Lock()
 	m.cfg.Stderr.Write([]byte(w.String()))

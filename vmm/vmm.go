@@ -133,6 +133,8 @@ type vcpu struct {
 	kick      chan struct{}
 	halted    atomic.Bool
 	wantFlush atomic.Bool
+	wantSnap  atomic.Bool   // reportHang asks for the registers
+	snap      chan kvm.Regs // and gets them here
 }
 
 type layout struct {
@@ -316,7 +318,7 @@ func (m *machine) setup(img *Image) error {
 		if err != nil {
 			return err
 		}
-		v := &vcpu{m: m, id: i, c: c, kick: make(chan struct{}, 1)}
+		v := &vcpu{m: m, id: i, c: c, kick: make(chan struct{}, 1), snap: make(chan kvm.Regs, 1)}
 		m.cpus = append(m.cpus, v)
 		if err := c.SetCPUID(cpuid); err != nil {
 			return err
@@ -631,6 +633,15 @@ func (v *vcpu) loop() error {
 		if err := v.serviceFlush(); err != nil {
 			return err
 		}
+		if v.wantSnap.Swap(false) {
+			var r kvm.Regs
+			if v.c.GetRegs(&r) == nil {
+				select {
+				case v.snap <- r:
+				default:
+				}
+			}
+		}
 		reason, err := v.c.Run()
 		if err != nil {
 			return err
@@ -646,6 +657,9 @@ func (v *vcpu) loop() error {
 			v.hypercall(io.Port, arg)
 		case kvm.ExitIntr:
 			m.intrExits.Add(1)
+			if v.wantSnap.Load() {
+				continue // the registers as the program left them (top of the loop)
+			}
 			if !m.stopped.Load() {
 				v.deliverTick()
 			}
