@@ -48,9 +48,9 @@ type Config struct {
 	Tick     time.Duration // preemption tick (default 10 ms)
 	Log      *slog.Logger
 	Shares   []Share // host directories visible in the guest
-	// NoReclaim keeps discarded memory's frames (zeroed in place) instead
-	// of returning them after a TLB shootdown.
-	NoReclaim bool
+	// Reclaim returns the frames of large discards after a TLB shootdown
+	// (experimental; without it they are zeroed in place and kept).
+	Reclaim bool
 	// KeepSyscall leaves the program's SYSCALL sites as they are instead
 	// of rewriting them into direct calls (for comparisons).
 	KeepSyscall bool
@@ -346,7 +346,7 @@ func (m *machine) setup(img *Image) error {
 		ImageEnd: imageEnd, MainStackTop: l.mainStack + boot.MainStackSize,
 		TSCMult:    (1_000_000 << 32) / max(tscKHz, 1),
 		KCallEntry: m.kern.byName[boot.SymKCallEntry].Value,
-		Flags:      reclaimFlag(!m.cfg.NoReclaim),
+		Flags:      reclaimFlag(m.cfg.Reclaim),
 	}
 	m.buildVDSO()
 	m.installPrivops()
