@@ -219,3 +219,67 @@ func TestVMAsModel(t *testing.T) {
 		t.Fatalf("FindGap returned %#x, not free", gap)
 	}
 }
+
+// TestUnmap: whole pages inside the range leave the page table and are
+// reported (2 MiB pages as one), pages only partly inside are zeroed in
+// place and stay mapped, and a small output buffer resumes where it
+// stopped.
+func TestUnmap(t *testing.T) {
+	_, pt := setup(t)
+	base := uintptr(0xc000000000)
+	if err := pt.Populate(base, 6<<20); err != nil { // 3 huge pages
+		t.Fatal(err)
+	}
+	if err := pt.Populate(base+6<<20, 64<<10); err != nil { // 16 small pages
+		t.Fatal(err)
+	}
+	for a := base; a < base+6<<20+64<<10; a += PageSize {
+		pa, _ := pt.Lookup(a)
+		*(*byte)(pt.ptr(pa)) = 7
+		*(*byte)(pt.ptr(pa + 100)) = 7
+	}
+	// From 1 MiB into the first huge page to 8 KiB + 50 bytes into the
+	// small pages: huge pages 2 and 3 and small pages 1-2 go whole; huge
+	// page 1 and small page 3 are partial.
+	start, end := base+1<<20, base+6<<20+8<<10+50
+	out := make([]Reclaimed, 3)
+	var got []Reclaimed
+	for va := start; va < end; {
+		k, next := pt.Unmap(va, end-va, out)
+		got = append(got, out[:k]...)
+		if next == va {
+			t.Fatal("no progress")
+		}
+		va = next
+	}
+	huge, small := 0, 0
+	for _, r := range got {
+		switch r.Size {
+		case HugeSize:
+			huge++
+		case PageSize:
+			small++
+		}
+	}
+	if huge != 2 || small != 2 {
+		t.Fatalf("reclaimed %d huge and %d small pages, want 2 and 2: %v", huge, small, got)
+	}
+	if _, size := pt.Lookup(base + 3<<20); size != 0 {
+		t.Error("whole huge page still mapped")
+	}
+	if _, size := pt.Lookup(base + 6<<20 + 4<<10); size != 0 {
+		t.Error("whole small page still mapped")
+	}
+	// Partial pages: mapped, zero inside the range, intact outside it.
+	pa, size := pt.Lookup(base + 1<<20)
+	if size != HugeSize || *(*byte)(pt.ptr(pa)) != 0 {
+		t.Error("partial huge page not zeroed in range")
+	}
+	if pa, _ := pt.Lookup(base); *(*byte)(pt.ptr(pa)) != 7 {
+		t.Error("partial huge page lost data outside the range")
+	}
+	pa, size = pt.Lookup(base + 6<<20 + 8<<10)
+	if size != PageSize || *(*byte)(pt.ptr(pa)) != 0 || *(*byte)(pt.ptr(pa + 100)) != 7 {
+		t.Error("partial small page: want zero up to the end of the range, data after it")
+	}
+}
