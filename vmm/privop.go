@@ -102,6 +102,11 @@ func (v *vcpu) shootdown() error {
 			if time.Now().After(deadline) {
 				return fmt.Errorf("vmm: vCPU %d did not flush its TLB", o.id)
 			}
+			// Another vCPU may be shooting down at the same time and
+			// waiting for us: serve its request while we wait for ours.
+			if err := v.serviceFlush(); err != nil {
+				return err
+			}
 			// A vCPU between exits may miss one signal: repeat it.
 			if tid := o.tid.Load(); tid != 0 {
 				unix.Tgkill(unix.Getpid(), int(tid), unix.SIGURG)

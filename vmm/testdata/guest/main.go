@@ -333,7 +333,26 @@ func run(name, arg string) error {
 		if err != nil {
 			return err
 		}
-		if err := tlb.FlushTLB(); err != nil {
+		// Concurrent shootdowns from every vCPU must not wait on each
+		// other.
+		var fwg sync.WaitGroup
+		ferr := make(chan error, 8)
+		for g := 0; g < 4; g++ {
+			fwg.Add(1)
+			go func() {
+				defer fwg.Done()
+				runtime.LockOSThread()
+				for i := 0; i < 20; i++ {
+					if err := tlb.FlushTLB(); err != nil {
+						ferr <- err
+						return
+					}
+				}
+			}()
+		}
+		fwg.Wait()
+		close(ferr)
+		for err := range ferr {
 			return err
 		}
 		st, err := m.Stats()
