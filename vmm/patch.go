@@ -29,7 +29,12 @@ import (
 //     a blocked system call restarts from the CALL (RSP-relative loads are
 //     replayed with RSP moved back over the return address);
 //   - no branch in the function targets the bytes being replaced, other
-//     than the MOV itself.
+//     than the MOV itself;
+//   - the thread still owns its stack: the CALL pushes a return address,
+//     so runtime.exitThread (which hands its stack back before SYS_exit:
+//     "we may not even have a stack any more") and any SYS_exit site keep
+//     their SYSCALL. Rewriting them let an exiting thread write into a
+//     stack already reused by another goroutine.
 // Everything else keeps its SYSCALL, which still works.
 
 type patchSite struct {
@@ -55,7 +60,7 @@ func findSyscallSites(f *elf.File, syms *symtab) ([]patchSite, error) {
 			continue
 		}
 		code := data[fn.Value-text.Addr : fn.Value-text.Addr+fn.Size]
-		if !bytes.Contains(code, []byte{0x0f, 0x05}) {
+		if !bytes.Contains(code, []byte{0x0f, 0x05}) || stacklessExit(fn.Name) {
 			continue
 		}
 		sites = append(sites, sitesIn(code, fn.Value)...)
@@ -86,7 +91,7 @@ func sitesIn(code []byte, base uint64) []patchSite {
 	var sites []patchSite
 	for i := 1; i < len(insns); i++ {
 		sc, mv := insns[i], insns[i-1]
-		if sc.in.Op != x86asm.SYSCALL || !replayable(mv.in) || mv.in.Len+2 < 5 {
+		if sc.in.Op != x86asm.SYSCALL || !replayable(mv.in) || mv.in.Len+2 < 5 || loadsExit(mv.in) {
 			continue
 		}
 		if targets[base+uint64(sc.off)] || targets[base+uint64(sc.off)+1] {
@@ -96,6 +101,19 @@ func sitesIn(code []byte, base uint64) []patchSite {
 			mov: append([]byte(nil), code[mv.off:mv.off+mv.in.Len]...), stack: stackRelative(mv.in)})
 	}
 	return sites
+}
+
+// stacklessExit names functions that make a system call after giving
+// their stack away.
+func stacklessExit(name string) bool {
+	return name == "runtime.exitThread" || name == "runtime.exitThread.abi0"
+}
+
+// loadsExit reports "MOV $SYS_exit, AX": a thread's last system call, made
+// when its stack may already belong to someone else.
+func loadsExit(in x86asm.Inst) bool {
+	imm, ok := in.Args[1].(x86asm.Imm)
+	return ok && imm == 60
 }
 
 // replayable: MOV into a register from a register or an immediate, with

@@ -47,7 +47,7 @@ func expectOK(t *testing.T, r run, checks ...string) {
 // contention, panic/recover and standard-library packages, on 1 and 2 vCPUs.
 func TestRuntime(t *testing.T) {
 	for _, cpus := range []int{1, 2} {
-		checks := []string{"args", "procs=" + string(rune('0'+cpus)), "goroutines", "timers", "mutex", "panic", "stdlib"}
+		checks := []string{"args", "procs=" + string(rune('0'+cpus)), "goroutines", "timers", "mutex", "panic", "stdlib", "threadexit"}
 		expectOK(t, boot(t, cpus, 512<<20, 2*time.Minute, checks...), checks...)
 	}
 }

@@ -508,6 +508,45 @@ func run(name, arg string) error {
 			}
 			m.Free(r)
 		}
+	case "threadexit":
+		// Threads exit (goroutines that end locked to their thread take
+		// it with them) while other goroutines grow and shrink stacks: an
+		// exiting thread must not write to its stack once it has handed it
+		// back (runtime.exitThread).
+		var depth func(n int) int
+		depth = func(n int) int {
+			var pad [64]byte
+			pad[n%64] = byte(n)
+			if n == 0 {
+				return int(pad[0])
+			}
+			return depth(n-1) + int(pad[n%64]&1)
+		}
+		for round := 0; round < 40; round++ {
+			var wg sync.WaitGroup
+			for g := 0; g < 6; g++ {
+				wg.Add(2)
+				go func() {
+					defer wg.Done()
+					runtime.LockOSThread() // never unlocked: the thread exits
+					_ = depth(50)
+				}()
+				go func() {
+					defer wg.Done()
+					for k := 0; k < 20; k++ {
+						want := 0
+						for i := 1; i <= 300; i++ {
+							want += i & 1
+						}
+						if got := depth(300); got != want {
+							panic(fmt.Sprintf("stack corrupted: depth(300) = %d, want %d", got, want))
+						}
+					}
+				}()
+			}
+			wg.Wait()
+			runtime.GC()
+		}
 	case "procs":
 		if want, _ := strconv.Atoi(arg); runtime.GOMAXPROCS(0) != want || runtime.NumCPU() != want {
 			return fmt.Errorf("GOMAXPROCS=%d NumCPU=%d, want %d", runtime.GOMAXPROCS(0), runtime.NumCPU(), want)
