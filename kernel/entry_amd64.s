@@ -429,17 +429,23 @@ TEXT ·fault31(SB),NOSPLIT|NOFRAME,$0
 // context, not the kernel's: it only reads the TSC and the boot page, so
 // time.Now costs no kernel entry.
 #define BOOTINFO 0x280000
+
+// NS_SINCE_BOOT leaves in AX the nanoseconds since boot, from the TSC and
+// the boot page at R9: (tsc - BootTSC) * TSCMult >> 32. Clobbers DX.
+#define NS_SINCE_BOOT \
+	RDTSC; \
+	SHLQ $32, DX; \
+	ORQ DX, AX; \
+	SUBQ 64(R9), AX; \
+	MULQ 104(R9); \
+	SHRQ $32, AX; \
+	SHLQ $32, DX; \
+	ORQ DX, AX
+
 TEXT ·vdsoClockGettime(SB),NOSPLIT|NOFRAME,$0
 	MOVQ SI, R8
 	MOVQ $BOOTINFO, R9
-	RDTSC
-	SHLQ $32, DX
-	ORQ DX, AX
-	SUBQ 64(R9), AX        // BootTSC
-	MULQ 104(R9)           // TSCMult: DX:AX = delta * mult
-	SHRQ $32, AX
-	SHLQ $32, DX
-	ORQ DX, AX             // AX = ns since boot
+	NS_SINCE_BOOT
 	CMPQ DI, $0            // CLOCK_REALTIME
 	JEQ real
 	CMPQ DI, $5            // CLOCK_REALTIME_COARSE
@@ -461,14 +467,7 @@ split:
 TEXT ·vdsoGettimeofday(SB),NOSPLIT|NOFRAME,$0
 	MOVQ DI, R8
 	MOVQ $BOOTINFO, R9
-	RDTSC
-	SHLQ $32, DX
-	ORQ DX, AX
-	SUBQ 64(R9), AX
-	MULQ 104(R9)
-	SHRQ $32, AX
-	SHLQ $32, DX
-	ORQ DX, AX
+	NS_SINCE_BOOT
 	ADDQ 72(R9), AX
 	XORL DX, DX
 	MOVQ $1000000000, CX
