@@ -20,6 +20,20 @@ import (
 	"github.com/cumulusdb/cumulus/kapi/unikernel"
 )
 
+// framesAPI is the kernel's frame allocator: LLFree by kernel call in the
+// image, mmap on Linux.
+func framesAPI() kapi.Frames {
+	k, err := kapi.Default()
+	if err != nil {
+		fail(err)
+	}
+	fr, err := kapi.AsFrames(k)
+	if err != nil {
+		fail(err)
+	}
+	return fr
+}
+
 func fail(err error) {
 	fmt.Fprintln(os.Stderr, "coreguest:", err)
 	os.Exit(1)
@@ -199,11 +213,7 @@ func main() {
 		// by kernel call; on Linux: mmap+populate+munmap per frame (N/4 per
 		// thread there, as Linux caps a process's mappings).
 		threads := int(name[len(name)-1] - '0')
-		k, _ := kapi.Default()
-		fr, err := kapi.AsFrames(k)
-		if err != nil {
-			fail(err)
-		}
+		fr := framesAPI()
 		per := 200_000
 		if !unikernel.Probe() {
 			per /= 4
@@ -244,11 +254,7 @@ func main() {
 		// frames of the next thread in random order (the talk's
 		// "random free", 40,000 per thread; 10,000 on Linux).
 		threads := int(name[len(name)-1] - '0')
-		k, _ := kapi.Default()
-		fr, err := kapi.AsFrames(k)
-		if err != nil {
-			fail(err)
-		}
+		fr := framesAPI()
 		per := 40_000
 		if !unikernel.Probe() {
 			per /= 4
@@ -264,9 +270,11 @@ func main() {
 				t0 := time.Now()
 				h := make([][]byte, per)
 				for i := range h {
-					if h[i], err = fr.FramesAlloc(0); err != nil {
+					b, err := fr.FramesAlloc(0)
+					if err != nil {
 						fail(err)
 					}
+					h[i] = b
 				}
 				allocNs.Add(int64(time.Since(t0)))
 				held[g] = h
@@ -301,11 +309,7 @@ func main() {
 		ops /= threads
 	case "frames-pipeline":
 		// Pipeline: one thread allocates, another frees what it receives.
-		k, _ := kapi.Default()
-		fr, err := kapi.AsFrames(k)
-		if err != nil {
-			fail(err)
-		}
+		fr := framesAPI()
 		ops = 200_000
 		if !unikernel.Probe() {
 			ops /= 4

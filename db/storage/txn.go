@@ -80,28 +80,14 @@ func (db *DB) Begin(writable bool) (*Tx, error) {
 
 // Update runs fn in a read-write transaction and commits it, retrying up to
 // 100 times on ErrConflict. fn must be safe to run more than once.
-func (db *DB) Update(fn func(*Tx) error) error {
-	for attempt := 0; ; attempt++ {
-		tx, err := db.Begin(true)
-		if err != nil {
-			return err
-		}
-		if err := fn(tx); err != nil {
-			tx.Rollback()
-			return err
-		}
-		err = tx.Commit()
-		if !errors.Is(err, ErrConflict) || attempt >= 100 {
-			return err
-		}
-		runtime.Gosched()
-	}
-}
+func (db *DB) Update(fn func(*Tx) error) error { return db.retry(true, fn) }
 
 // View runs fn in a read-only transaction, retrying on ErrConflict.
-func (db *DB) View(fn func(*Tx) error) error {
+func (db *DB) View(fn func(*Tx) error) error { return db.retry(false, fn) }
+
+func (db *DB) retry(writable bool, fn func(*Tx) error) error {
 	for attempt := 0; ; attempt++ {
-		tx, err := db.Begin(false)
+		tx, err := db.Begin(writable)
 		if err != nil {
 			return err
 		}

@@ -312,11 +312,7 @@ func (pt *PageTable) Zero(va, n uintptr) {
 	for va < end {
 		pa, size := pt.Lookup(va)
 		if size == 0 {
-			size = PageSize
-			if pt.pdFree(va &^ (HugeSize - 1)) {
-				size = HugeSize
-			}
-			va = (va | (size - 1)) + 1
+			va = pt.skipHole(va)
 			continue
 		}
 		stop := (va | (size - 1)) + 1
@@ -342,11 +338,7 @@ func (pt *PageTable) Unmap(va, n uintptr, out []Reclaimed) (int, uintptr) {
 	for va < end && k < len(out) {
 		pa, size := pt.Lookup(va)
 		if size == 0 {
-			size = PageSize
-			if pt.pdFree(va &^ (HugeSize - 1)) {
-				size = HugeSize
-			}
-			va = (va | (size - 1)) + 1
+			va = pt.skipHole(va)
 			continue
 		}
 		start := va &^ (size - 1)
@@ -380,4 +372,14 @@ func (pt *PageTable) clearEntry(va, size uintptr) {
 		}
 		t = pt.table(uintptr(t[i] & PTEAddr))
 	}
+}
+
+// skipHole returns the end of the unmapped piece at va: the next 4 KiB
+// boundary, or the next 2 MiB boundary when no page table covers va.
+func (pt *PageTable) skipHole(va uintptr) uintptr {
+	size := uintptr(PageSize)
+	if pt.pdFree(va &^ (HugeSize - 1)) {
+		size = HugeSize
+	}
+	return (va | (size - 1)) + 1
 }
