@@ -248,7 +248,9 @@ func run(name, arg string) error {
 			return fmt.Errorf("divide: %s", m)
 		}
 		old := debug.SetPanicOnFault(true)
-		wild := (*int)(unsafe.Pointer(uintptr(0x7f0000001000)))
+		// Above the kernel's mmap limit (0x7fff00000000) and below its pipe
+		// buffers: never mapped, whatever the runtime has allocated.
+		wild := (*int)(unsafe.Pointer(uintptr(0x7fff80001000)))
 		var addr uintptr
 		func() {
 			defer func() {
@@ -259,7 +261,7 @@ func run(name, arg string) error {
 			fmt.Println(*wild)
 		}()
 		debug.SetPanicOnFault(old)
-		if addr != 0x7f0000001000 {
+		if addr != 0x7fff80001000 {
 			return fmt.Errorf("wild pointer: fault address %#x", addr)
 		}
 	case "preempt":
