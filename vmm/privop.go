@@ -30,7 +30,9 @@ var flushStub = []byte{
 
 func (m *machine) installPrivops() { copy(m.mem[boot.PrivopAddr:], flushStub) }
 
-// flushTLB runs the flush stub on this vCPU (its own thread).
+// flushTLB runs the flush stub on this vCPU (its own thread). PVM's
+// emulator occasionally refuses the stub (KVM_EXIT_INTERNAL_ERROR): the
+// vCPU's state is then put back and the stub tried again.
 func (v *vcpu) flushTLB() error {
 	var r kvm.Regs
 	var s kvm.Sregs
@@ -40,13 +42,29 @@ func (v *vcpu) flushTLB() error {
 	if err := v.c.GetSregs(&s); err != nil {
 		return err
 	}
-	ks := s
+	var err error
+	for try := 0; try < 5; try++ {
+		if err = v.runFlushStub(&r, &s); err == nil {
+			break
+		}
+	}
+	if serr := v.c.SetSregs(&s); serr != nil && err == nil {
+		err = serr
+	}
+	if rerr := v.c.SetRegs(&r); rerr != nil && err == nil {
+		err = rerr
+	}
+	return err
+}
+
+func (v *vcpu) runFlushStub(r *kvm.Regs, s *kvm.Sregs) error {
+	ks := *s
 	ks.CS = kvm.Segment{Selector: boot.SelKernelCode, Type: 11, Present: 1, DPL: 0, S: 1, L: 1, G: 1, Limit: 0xffffffff}
 	ks.SS = kvm.Segment{Selector: boot.SelKernelData, Type: 3, Present: 1, DPL: 0, S: 1, DB: 1, G: 1, Limit: 0xffffffff}
 	if err := v.c.SetSregs(&ks); err != nil {
 		return err
 	}
-	kr := r
+	kr := *r
 	kr.RIP, kr.RSP, kr.RFLAGS = boot.PrivopAddr, v.m.istTop(v.id), 0x2
 	if err := v.c.SetRegs(&kr); err != nil {
 		return err
@@ -57,17 +75,13 @@ func (v *vcpu) flushTLB() error {
 			return err
 		}
 		if reason == kvm.ExitIO && v.c.IOExit().Port == boot.HCPrivopDone {
-			break
+			v.m.flushes.Add(1)
+			return nil
 		}
 		if reason != kvm.ExitIntr || i > 100 {
 			return fmt.Errorf("vmm: TLB flush stub: unexpected exit %d", reason)
 		}
 	}
-	v.m.flushes.Add(1)
-	if err := v.c.SetSregs(&s); err != nil {
-		return err
-	}
-	return v.c.SetRegs(&r)
 }
 
 // shootdown flushes every vCPU's TLB and returns when all have.
