@@ -23,6 +23,9 @@
 #define PC_INKERNEL  0x30
 #define PC_FAULTFRAME 0x100
 #define PC_FAULTUSER 0xa8
+#define PRIVOP_ADDR 0x284000
+#define PRIVOP_END 0x285000
+#define HC_PRIVOPFAULT 0x1b
 
 #define TF_RAX 0
 #define TF_RBX 8
@@ -203,7 +206,21 @@ gprs:
 // resume the thread. A fault inside the kernel goes to the per-CPU fault
 // frame instead, so it does not overwrite the interrupted thread's frame;
 // it is always fatal. PC_FAULTUSER tells faultTrap which it was.
+//
+// An exception raised inside the monitor's CPL 0 stub page (vmm/privop.go)
+// is the monitor's, not the program's or the kernel's: the vCPU's real
+// state is held by the monitor, which puts it back and retries. It is
+// reported before anything is saved, so no per-CPU state changes.
 TEXT faultCommon<>(SB),NOSPLIT|NOFRAME,$0
+	CMPQ 16(SP), $PRIVOP_ADDR
+	JB notprivop
+	CMPQ 16(SP), $PRIVOP_END
+	JAE notprivop
+	MOVQ 0(SP), AX
+	MOVW $HC_PRIVOPFAULT, DX
+	OUTL
+	JMP -1(PC)
+notprivop:
 	MOVQ DI, PC_SCRATCH(GS)
 	CMPQ PC_INKERNEL(GS), $0
 	JNE kernelfault

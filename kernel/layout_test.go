@@ -1,6 +1,9 @@
 package kernel
 
 import (
+	"fmt"
+	"os"
+	"strings"
 	"testing"
 	"unsafe"
 
@@ -64,6 +67,25 @@ func TestLayout(t *testing.T) {
 	var bi boot.BootInfo
 	if unsafe.Offsetof(bi.BootTSC) != boot.BIOffBootTSC || unsafe.Offsetof(bi.BootUnixNano) != boot.BIOffBootUnix || unsafe.Offsetof(bi.TSCMult) != boot.BIOffTSCMult {
 		t.Error("BootInfo offsets used by the vDSO moved")
+	}
+}
+
+// TestAsmDefines checks the constants entry_amd64.s spells out by hand
+// (the assembler cannot read kernel/boot) against kernel/boot.
+func TestAsmDefines(t *testing.T) {
+	src, err := os.ReadFile("entry_amd64.s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string]uint64{
+		"PC_SCRATCH": boot.PCScratch, "PC_CURFRAME": boot.PCCurFrame, "PC_KSTACK": boot.PCKStack,
+		"PC_KFS": boot.PCKFS, "PC_INKERNEL": boot.PCInKernel, "PC_FAULTFRAME": boot.PCFaultFrame,
+		"PRIVOP_ADDR": boot.PrivopAddr, "PRIVOP_END": boot.PrivopEnd, "HC_PRIVOPFAULT": boot.HCPrivopFault,
+	} {
+		line := fmt.Sprintf("#define %s %#x\n", name, want)
+		if !strings.Contains(strings.Join(strings.Fields(string(src)), " "), strings.TrimSpace(line)) {
+			t.Errorf("entry_amd64.s: want %q", strings.TrimSpace(line))
+		}
 	}
 }
 

@@ -1,6 +1,7 @@
 package vmm
 
 import (
+	"encoding/binary"
 	"fmt"
 	"time"
 
@@ -31,8 +32,10 @@ var flushStub = []byte{
 func (m *machine) installPrivops() { copy(m.mem[boot.PrivopAddr:], flushStub) }
 
 // flushTLB runs the flush stub on this vCPU (its own thread). PVM's
-// emulator occasionally refuses the stub (KVM_EXIT_INTERNAL_ERROR): the
-// vCPU's state is then put back and the stub tried again.
+// emulator occasionally refuses the stub (KVM_EXIT_INTERNAL_ERROR) or
+// raises an exception inside it (a page fault on the stub itself, seen
+// about once in 2000 flushes): the vCPU's state is then put back and the
+// stub tried again.
 func (v *vcpu) flushTLB() error {
 	var r kvm.Regs
 	var s kvm.Sregs
@@ -42,12 +45,22 @@ func (v *vcpu) flushTLB() error {
 	if err := v.c.GetSregs(&s); err != nil {
 		return err
 	}
+	// The stub runs on the top of this vCPU's IST stack, and an exception
+	// inside it is pushed there too: keep whatever frame the interrupted
+	// guest had in flight there (a fault entry caught before it copied
+	// its frame out).
+	top := v.m.istTop(v.id)
+	var saved [256]byte
+	copy(saved[:], v.m.mem[top-192:top+64])
 	var err error
 	for try := 0; try < 5; try++ {
 		if err = v.runFlushStub(&r, &s); err == nil {
 			break
 		}
+		v.m.flushRetries.Add(1)
+		v.m.cfg.Log.Debug("vmm: TLB flush retried", "vcpu", v.id, "err", err)
 	}
+	copy(v.m.mem[top-192:top+64], saved[:])
 	if serr := v.c.SetSregs(&s); serr != nil && err == nil {
 		err = serr
 	}
@@ -74,9 +87,21 @@ func (v *vcpu) runFlushStub(r *kvm.Regs, s *kvm.Sregs) error {
 		if err != nil {
 			return err
 		}
-		if reason == kvm.ExitIO && v.c.IOExit().Port == boot.HCPrivopDone {
-			v.m.flushes.Add(1)
-			return nil
+		if reason == kvm.ExitIO {
+			switch io := v.c.IOExit(); io.Port {
+			case boot.HCPrivopDone:
+				v.m.flushes.Add(1)
+				return nil
+			case boot.HCPrivopFault:
+				var vec uint32
+				if len(io.Data) >= 4 {
+					vec = binary.LittleEndian.Uint32(io.Data)
+				}
+				// Seen under PVM: the stub raises an exception into the
+				// guest's IDT instead of running; the kernel's fault entry
+				// hands it straight back (kernel/entry_amd64.s).
+				return fmt.Errorf("vmm: TLB flush stub raised vector %d", vec)
+			}
 		}
 		if reason != kvm.ExitIntr || i > 100 {
 			return fmt.Errorf("vmm: TLB flush stub: unexpected exit %d", reason)

@@ -74,6 +74,7 @@ type Stats struct {
 	TicksDelivered    uint64
 	TicksDeferred     uint64
 	TLBFlushes        uint64 // per-vCPU TLB flushes run by the monitor (privop)
+	FlushRetries      uint64 // flush stubs PVM refused or faulted, retried
 	PatchedSyscalls   int    // SYSCALL sites rewritten into direct calls
 	Shootdowns        uint64 // kernel requests to flush every vCPU
 	FramesReclaimed   uint64 // 4 KiB frames returned by munmap/MADV_DONTNEED
@@ -121,8 +122,8 @@ type machine struct {
 	bootTSC uint64
 	firstSC atomic.Int64
 
-	exits, intrExits, ticks, deferred, flushes atomic.Uint64
-	hcCount                                    [10]atomic.Uint64
+	exits, intrExits, ticks, deferred, flushes, flushRetries atomic.Uint64
+	hcCount                                                  [10]atomic.Uint64
 }
 
 type vcpu struct {
@@ -852,6 +853,7 @@ func (m *machine) collectStats() Stats {
 		TicksDelivered:    m.ticks.Load(),
 		TicksDeferred:     m.deferred.Load(),
 		TLBFlushes:        m.flushes.Load(),
+		FlushRetries:      m.flushRetries.Load(),
 		PatchedSyscalls:   m.patched,
 		HypercallExits:    map[string]uint64{},
 		SyscallsByNr:      map[int]uint64{},

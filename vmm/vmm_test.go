@@ -234,6 +234,7 @@ func TestShootdown(t *testing.T) {
 	if res.Stats.Shootdowns < 20 {
 		t.Errorf("%d shootdowns for 20 discards", res.Stats.Shootdowns)
 	}
+	t.Logf("%d shootdowns, %d flushes, %d retried", res.Stats.Shootdowns, res.Stats.TLBFlushes, res.Stats.FlushRetries)
 }
 
 func TestParseShare(t *testing.T) {

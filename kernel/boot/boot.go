@@ -29,6 +29,7 @@ const (
 	VDSOAddr      = 0x281000 // hand-built vDSO ELF (one page)
 	IDTAddr       = 0x283000
 	PrivopAddr    = 0x284000 // CPL 0 stubs the monitor runs for the guest (vmm/privop.go)
+	PrivopEnd     = 0x285000
 	TrampAddr     = 0x285000 // system-call trampolines for patched sites (vmm/patch.go)
 	TrampSize     = 0xb000
 	CPUTablesAddr = 0x290000 // per-CPU GDT + TSS (+ I/O bitmap), CPUTablesSize each
@@ -73,17 +74,18 @@ const (
 // IOPL). The 32-bit value written is the first argument; further arguments
 // are in the per-CPU hypercall words.
 const (
-	HCWrite      = 0x10 // arg: fd; words[0]=addr, words[1]=len
-	HCExit       = 0x11 // arg: status
-	HCHalt       = 0x12 // idle: words[0] = deadline in guest ns (0 = none)
-	HCKick       = 0x13 // arg: vCPU to wake
-	HCFault      = 0x14 // arg: vector; words[0]=frame address, words[1]=error code, words[2]=in kernel
-	HCFlush      = 0x15 // TLB shootdown: every vCPU flushes before this returns
-	HCStats      = 0x16 // words[0..]: counters for the monitor's report
-	HCDebug      = 0x17 // arg: value to print (diagnostics)
-	HCCR2        = 0x18 // words[0] := CR2 (CPL 3 cannot read it)
-	HCPrivopDone = 0x1a // the monitor's CPL 0 stub finished
-	HCHostFS     = 0x19 // words[0]=syscall nr, words[1..6]=args → words[0]=result (host shares)
+	HCWrite       = 0x10 // arg: fd; words[0]=addr, words[1]=len
+	HCExit        = 0x11 // arg: status
+	HCHalt        = 0x12 // idle: words[0] = deadline in guest ns (0 = none)
+	HCKick        = 0x13 // arg: vCPU to wake
+	HCFault       = 0x14 // arg: vector; words[0]=frame address, words[1]=error code, words[2]=in kernel
+	HCFlush       = 0x15 // TLB shootdown: every vCPU flushes before this returns
+	HCStats       = 0x16 // words[0..]: counters for the monitor's report
+	HCDebug       = 0x17 // arg: value to print (diagnostics)
+	HCCR2         = 0x18 // words[0] := CR2 (CPL 3 cannot read it)
+	HCPrivopDone  = 0x1a // the monitor's CPL 0 stub finished
+	HCPrivopFault = 0x1b // arg: vector; the CPU raised it inside the CPL 0 stub page
+	HCHostFS      = 0x19 // words[0]=syscall nr, words[1..6]=args → words[0]=result (host shares)
 )
 
 // Segment selectors: Linux's layout, because PVM reports CS=0x33 after
