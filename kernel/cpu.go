@@ -150,6 +150,7 @@ type kstats struct {
 	Shootdowns      uint64 // TLB shootdowns requested (all vCPUs flush)
 	FramesReclaimed uint64 // 4 KiB frames returned by munmap/MADV_DONTNEED
 	PFRetries       uint64 // page faults re-executed because CR2 was unusable
+	IRQs            uint64 // device interrupts handled (waiters woken)
 }
 
 var stats kstats

@@ -230,6 +230,7 @@ func block(c int, cur int32, kind int32, addr uintptr, deadline int64) {
 // klock held on entry, released on return.
 func pickNext(c int) {
 	for {
+		checkIRQs()
 		checkTimers(nanotime())
 		if i := dequeueFor(c); i >= 0 {
 			run(c, i)
@@ -262,7 +263,7 @@ func idle(c int) {
 	start := rdtsc()
 	spin := bi.TSCKHz * 50 / 1000 // 50 µs
 	for rdtsc()-start < spin {
-		if runqLen.Load() > 0 || nanotime() >= nextDeadline.Load() {
+		if runqLen.Load() > 0 || nanotime() >= nextDeadline.Load() || atomic.LoadUint64(&bi.IRQPending) != 0 {
 			atomic.StoreUint64(&pc.halted, 0)
 			return
 		}
@@ -279,6 +280,21 @@ func idle(c int) {
 	pc.hcArgs[0] = uint64(d)
 	outl(boot.HCHalt, 0)
 	atomic.StoreUint64(&pc.halted, 0)
+}
+
+// checkIRQs wakes the futex waiters of every device that raised an
+// interrupt (a driver waits on its BootInfo.IRQCount word). The monitor
+// sets the pending bit after the count, so a waiter woken here sees the
+// new count. klock held.
+func checkIRQs() {
+	p := atomic.SwapUint64(&bi.IRQPending, 0)
+	for i := 0; p != 0 && i < boot.MaxDevices; i++ {
+		if p&(1<<uint(i)) != 0 {
+			p &^= 1 << uint(i)
+			stats.IRQs++
+			futexWake(uintptr(unsafe.Pointer(&bi.IRQCount[i])), 1<<30)
+		}
+	}
 }
 
 // checkTimers wakes threads whose deadline passed. klock held.
@@ -329,11 +345,12 @@ func preemptCheck(c int, force bool) {
 	tick := atomic.SwapUint64(&pc.tickPend, 0) != 0
 	cur := curThread[c]
 	now := nanotime()
-	if !force && !tick && now < nextDeadline.Load() &&
+	if !force && !tick && now < nextDeadline.Load() && atomic.LoadUint64(&bi.IRQPending) == 0 &&
 		(runqLen.Load() == 0 || now-threads[cur].sliceStart < timeSlice) {
 		return
 	}
 	klock.lock()
+	checkIRQs()
 	checkTimers(now)
 	if runqN > 0 && (force || tick || now-threads[cur].sliceStart >= timeSlice) {
 		stats.Preempts++

@@ -75,6 +75,8 @@ type Stats struct {
 	TicksDeferred     uint64
 	TLBFlushes        uint64 // per-vCPU TLB flushes run by the monitor (privop)
 	FlushRetries      uint64 // flush stubs PVM refused or faulted, retried
+	DeviceIRQs        uint64 // device interrupts the kernel handled
+	MMIOExits         uint64 // device register accesses (each a VM exit)
 	PatchedSyscalls   int    // SYSCALL sites rewritten into direct calls
 	Shootdowns        uint64 // kernel requests to flush every vCPU
 	FramesReclaimed   uint64 // 4 KiB frames returned by munmap/MADV_DONTNEED
@@ -123,7 +125,9 @@ type machine struct {
 	firstSC atomic.Int64
 
 	exits, intrExits, ticks, deferred, flushes, flushRetries atomic.Uint64
+	mmioExits, irqs                                          atomic.Uint64
 	hcCount                                                  [10]atomic.Uint64
+	devs                                                     []attached // devices.go
 }
 
 type vcpu struct {
@@ -183,6 +187,7 @@ func Run(img *Image, cfg Config) (Result, error) {
 }
 
 func (m *machine) close() {
+	m.closeDevices() // before guest memory goes: device goroutines use it
 	for _, c := range m.cpus {
 		if c != nil && c.c != nil {
 			c.c.Close()
@@ -349,6 +354,11 @@ func (m *machine) setup(img *Image) error {
 		KCallEntry: m.kern.byName[boot.SymKCallEntry].Value,
 		Flags:      reclaimFlag(m.cfg.Reclaim),
 	}
+	if err := m.attachDevices(); err != nil {
+		return err
+	}
+	m.describeDevices(&biv)
+	m.mapDevices()
 	m.buildVDSO()
 	m.installPrivops()
 	if !m.cfg.KeepSyscall {
@@ -595,6 +605,12 @@ loop:
 	}
 	res := m.result
 	res.Stats = m.collectStats()
+	if err := m.closeDevices(); err != nil {
+		fmt.Fprintf(m.cfg.Stderr, "cumulus: %v\n", err)
+		if res.ExitCode == 0 {
+			res.ExitCode = 1
+		}
+	}
 	close(errs)
 	for err := range errs {
 		return res, err
@@ -664,7 +680,12 @@ func (v *vcpu) loop() error {
 			if !m.stopped.Load() {
 				v.deliverTick()
 			}
-		case kvm.ExitShutdown, kvm.ExitInternalError, kvm.ExitFailEntry, kvm.ExitException, kvm.ExitMMIO, kvm.ExitHLT, kvm.ExitUnknown:
+		case kvm.ExitMMIO:
+			if mm := v.c.MMIOExit(); !v.mmioExit(mm.Addr, mm.Data, mm.Write) {
+				v.crash(reason)
+				return nil
+			}
+		case kvm.ExitShutdown, kvm.ExitInternalError, kvm.ExitFailEntry, kvm.ExitException, kvm.ExitHLT, kvm.ExitUnknown:
 			v.crash(reason)
 			return nil
 		default:
@@ -854,6 +875,7 @@ func (m *machine) collectStats() Stats {
 		TicksDeferred:     m.deferred.Load(),
 		TLBFlushes:        m.flushes.Load(),
 		FlushRetries:      m.flushRetries.Load(),
+		MMIOExits:         m.mmioExits.Load(),
 		PatchedSyscalls:   m.patched,
 		HypercallExits:    map[string]uint64{},
 		SyscallsByNr:      map[int]uint64{},
@@ -877,7 +899,7 @@ func (m *machine) collectStats() Stats {
 		s.SignalsSent, s.FramesUsed, s.PTWrites = w(518), w(519), w(520)
 		s.PageFaults, s.SignalsFault = w(522), w(523)
 		s.Shootdowns, s.FramesReclaimed = w(524), w(525)
-		s.PFRetries = w(526)
+		s.PFRetries, s.DeviceIRQs = w(526), w(527)
 	}
 	return s
 }

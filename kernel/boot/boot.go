@@ -124,6 +124,43 @@ type BootInfo struct {
 	Flags        uint64
 	TSCMult      uint64 // ns = (tsc - BootTSC) * TSCMult >> 32 (read by the vDSO)
 	KCallEntry   uint64 // address of the kernel-call entry (kapi/unikernel)
+
+	// Devices the monitor attached (virtio-mmio, see "Devices" below).
+	NumDevices uint64
+	Devices    [MaxDevices]Device
+	// IRQPending has bit i set by the monitor when device i raised an
+	// interrupt the kernel has not yet handled; the kernel clears it.
+	IRQPending uint64
+	// IRQCount[i] counts device i's interrupts: the monitor increments it
+	// before it sets the pending bit, and the kernel then wakes every
+	// futex waiter on its address. A driver waits with
+	// futex(&IRQCount[i], FUTEX_WAIT, seen) after finding no work.
+	IRQCount [MaxDevices]uint32
+}
+
+// Devices: virtio 1.x over MMIO (split queues). Device i's register window
+// is at Devices[i].MMIO (MMIOBase + i*MMIOStride), identity-mapped by the
+// monitor's page tables and backed by no memory: every access is a VM exit
+// that the monitor emulates, so drivers touch registers only to set up and
+// to notify, and find completions in shared memory (the used rings).
+// Queue memory must be guest-physical and contiguous: frames from the
+// direct map (VA == PA), e.g. kapi frames.
+const (
+	MMIOBase   = 0x3fc0000000 // 255 GiB: above any RAM (MaxRAMGiB), below the kernel image
+	MMIOStride = 0x1000
+	MaxDevices = 16
+	MMIOPDAddr = 0x243000 // page directory of the GiB holding the MMIO windows
+
+	VirtioNet   = 1 // Device.ID values: virtio device IDs
+	VirtioBlock = 2
+)
+
+// Device describes one attached device.
+type Device struct {
+	ID   uint32   // virtio device ID (VirtioNet, VirtioBlock)
+	IRQ  uint32   // index into BootInfo.IRQCount and bit of IRQPending
+	MMIO uint64   // guest-physical (== virtual) address of the register window
+	Name [16]byte // NUL-padded: "vda", "vdb", … for disks, "eth0" for the network
 }
 
 // BootInfo.Flags.

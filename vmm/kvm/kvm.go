@@ -442,3 +442,22 @@ func Describe(err error) string {
 	}
 	return err.Error()
 }
+
+// MMIO describes a KVM_EXIT_MMIO exit: an access to guest-physical memory
+// that no memory slot backs. For a read, the monitor fills Data before the
+// next Run; the guest instruction then completes with it.
+type MMIO struct {
+	Addr  uint64
+	Data  []byte // Len bytes inside the run area
+	Write bool
+}
+
+// MMIOExit decodes the current KVM_EXIT_MMIO exit.
+func (c *VCPU) MMIOExit() MMIO {
+	addr := *(*uint64)(unsafe.Pointer(&c.run[32]))
+	n := *(*uint32)(unsafe.Pointer(&c.run[48]))
+	if n > 8 {
+		n = 8
+	}
+	return MMIO{Addr: addr, Data: c.run[40 : 40+n], Write: c.run[52] != 0}
+}
