@@ -55,6 +55,12 @@ type Config struct {
 	// of rewriting them into direct calls (for comparisons).
 	KeepSyscall bool
 	Cwd         string // the guest's initial working directory (default "/")
+	// Disks are virtio block devices, in guest order (vda, vdb, …).
+	Disks []Disk
+	// Net attaches a virtio network device (eth0) behind the monitor's
+	// user-mode network; Ports implies it.
+	Net   bool
+	Ports []PortForward
 }
 
 // Result is how a run ended.
