@@ -136,6 +136,11 @@ type BootInfo struct {
 	// futex waiter on its address. A driver waits with
 	// futex(&IRQCount[i], FUTEX_WAIT, seen) after finding no work.
 	IRQCount [MaxDevices]uint32
+
+	// The network service (netsvc.go): where its ELF starts and the
+	// initial stack the monitor built for it. Zero when the image has none.
+	SvcEntry uint64
+	SvcStack uint64
 }
 
 // Devices: virtio 1.x over MMIO (split queues). Device i's register window
