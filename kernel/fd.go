@@ -1,14 +1,20 @@
 package kernel
 
 // File descriptors: the console (0, 1, 2), eventfd and epoll, which is what
-// the Go runtime's netpoller needs even in a program without sockets.
+// the Go runtime's netpoller needs even in a program without sockets;
+// pipes, host files and sockets (sock.go).
+//
+// epoll: each descriptor records the one epoll instance watching it (the
+// Go runtime uses one per program), so an epoll instance has no size
+// limit of its own and closing a descriptor drops its watch, as on Linux.
+//
 // Constraints: trap context (cpu.go); the table is guarded by klock.
 
 import (
 	"github.com/cumulusdb/cumulus/kernel/boot"
 )
 
-const maxFDs = 256
+const maxFDs = 1024
 
 const (
 	fdFree = iota
@@ -17,28 +23,23 @@ const (
 	fdEpoll
 	fdPipeR
 	fdPipeW
-	fdHost // a file on a host share (kernel/hostfs.go)
-	fdNull // /dev/null
+	fdHost   // a file on a host share (kernel/hostfs.go)
+	fdNull   // /dev/null
+	fdSocket // a socket of the network service (sock.go)
 )
-
-const maxEpollWatch = 16
-
-type epollWatch struct {
-	fd      int32
-	events  uint32
-	data    uint64
-	lastGen uint64 // fd generation last reported (edge-triggered watches)
-}
 
 type fdEntry struct {
 	kind     int32
-	nwatch   int32
+	ep       int32 // epoll descriptor watching this one, plus one (0: none)
 	nonblock bool
 	pipe     int32  // pipe index for fdPipeR/fdPipeW
 	host     int32  // monitor handle for fdHost
+	sock     int32  // socket id for fdSocket
 	count    uint64 // eventfd counter
 	gen      uint64 // bumped on every readiness change (EPOLLET edges)
-	watch    [maxEpollWatch]epollWatch
+	wevents  uint32 // the watch: events asked for
+	wdata    uint64 // the watch: user data
+	lastGen  uint64 // the watch: generation last reported (edge-triggered)
 }
 
 var fds [maxFDs]fdEntry
@@ -61,14 +62,24 @@ func allocFD(kind int32) int64 {
 
 func validFD(fd int) bool { return fd >= 0 && fd < maxFDs && fds[fd].kind != fdFree }
 
-func closeFD(fd int) int64 {
+func closeFD(c int, cur int32, fd int) int64 {
 	klock.lock()
 	if !validFD(fd) {
 		klock.unlock()
 		return -_EBADF
 	}
 	kind := fds[fd].kind
+	fds[fd].ep = 0
+	if kind == fdEpoll {
+		for i := range fds {
+			if fds[i].ep == int32(fd)+1 {
+				fds[i].ep = 0
+			}
+		}
+	}
 	switch kind {
+	case fdSocket:
+		return sockClose(c, cur, fd)
 	case fdPipeR, fdPipeW:
 		pipeClose(fd)
 	case fdHost:
@@ -121,6 +132,8 @@ func sysWriteFD(c int, cur int32, fd int, a, n uintptr) int64 {
 		return pipeWrite(c, cur, fd, a, n)
 	case fdNull:
 		return int64(n)
+	case fdSocket:
+		return sockIO(c, cur, fd, boot.SvcWrite, boot.SvcFlat, 0, a, n, 0, 0)
 	case fdHost:
 		if !hostBuf(a, n) {
 			return -_EFAULT
@@ -131,6 +144,9 @@ func sysWriteFD(c int, cur int32, fd int, a, n uintptr) int64 {
 }
 
 func sysWritevFD(c int, cur int32, fd int, iov uintptr, cnt int) int64 {
+	if fd >= 0 && fd < maxFDs && fds[fd].kind == fdSocket {
+		return sockIO(c, cur, fd, boot.SvcWrite, 0, 0, iov, uintptr(cnt), 0, 0)
+	}
 	var total int64
 	for i := 0; i < cnt; i++ {
 		base := uintptr(*u64(iov + uintptr(i)*16))
@@ -158,6 +174,8 @@ func sysReadFD(c int, cur int32, fd int, a, n uintptr) int64 {
 		return pipeRead(c, cur, fd, a, n)
 	case fdNull:
 		return 0
+	case fdSocket:
+		return sockIO(c, cur, fd, boot.SvcRead, boot.SvcFlat, 0, a, n, 0, 0)
 	case fdHost:
 		if !hostBuf(a, n) {
 			return -_EFAULT
@@ -226,6 +244,8 @@ func fstat(fd int, st uintptr) int64 {
 		mode |= 0o020000 // S_IFCHR
 	case fdPipeR, fdPipeW:
 		mode |= 0o010000 // S_IFIFO
+	case fdSocket:
+		mode |= 0o140000 // S_IFSOCK
 	}
 	*u32(st + 24) = mode
 	*u64(st + 56) = 4096 // st_blksize
@@ -258,69 +278,71 @@ func epollCtl(epfd, op, fd int, ev uintptr) int64 {
 	if k := fds[fd].kind; k == fdHost || k == fdNull {
 		return -_EPERM // regular files are not pollable, as on Linux
 	}
-	e := &fds[epfd]
-	idx := -1
-	for i := 0; i < int(e.nwatch); i++ {
-		if e.watch[i].fd == int32(fd) {
-			idx = i
-		}
+	if fd == epfd {
+		return -_EINVAL
 	}
+	f := &fds[fd]
+	mine := f.ep == int32(epfd)+1
 	switch op {
 	case 1: // EPOLL_CTL_ADD
-		if idx >= 0 {
+		if mine {
 			return -_EEXIST
 		}
-		if e.nwatch == maxEpollWatch {
-			return -_ENOMEM
+		if f.ep != 0 {
+			return -_ENOMEM // watched by another epoll instance: one each here
 		}
-		e.watch[e.nwatch] = epollWatch{fd: int32(fd), events: *u32(ev), data: *u64(ev + 4), lastGen: ^uint64(0)}
-		e.nwatch++
+		f.ep = int32(epfd) + 1
+		f.wevents, f.wdata, f.lastGen = *u32(ev), *u64(ev + 4), ^uint64(0)
 		return 0
 	case 2: // EPOLL_CTL_DEL
-		if idx < 0 {
+		if !mine {
 			return -_ENOENT
 		}
-		e.nwatch--
-		e.watch[idx] = e.watch[e.nwatch]
+		f.ep = 0
 		return 0
 	case 3: // EPOLL_CTL_MOD
-		if idx < 0 {
+		if !mine {
 			return -_ENOENT
 		}
-		e.watch[idx].events = *u32(ev)
-		e.watch[idx].data = *u64(ev + 4)
-		e.watch[idx].lastGen = ^uint64(0)
+		f.wevents, f.wdata, f.lastGen = *u32(ev), *u64(ev + 4), ^uint64(0)
 		return 0
 	}
 	return -_EINVAL
 }
 
 // epollWait reports ready descriptors (struct epoll_event is 12 bytes,
-// packed, on x86-64), or parks the thread until an eventfd write or the
+// packed, on x86-64), or parks the thread until a readiness change or the
 // timeout; a woken waiter re-executes the call to collect its events.
+// Reporting starts after the descriptor reported last time, so that a
+// busy low descriptor cannot starve the others.
 func epollWait(c int, cur int32, epfd int, out uintptr, max int, timeoutMS int) int64 {
 	klock.lock()
 	if !validFD(epfd) || fds[epfd].kind != fdEpoll || max <= 0 {
 		klock.unlock()
 		return -_EINVAL
 	}
-	e := &fds[epfd]
+	tag := int32(epfd) + 1
 	n := 0
-	for i := 0; i < int(e.nwatch) && n < max; i++ {
-		w := &e.watch[i]
-		f := &fds[w.fd]
-		if w.events&epollET != 0 && w.lastGen == f.gen {
+	start := int(fds[epfd].count) % maxFDs // epoll entries use count as the scan cursor
+	for k := 0; k < maxFDs && n < max; k++ {
+		fd := (start + k) % maxFDs
+		f := &fds[fd]
+		if f.ep != tag || f.kind == fdFree {
+			continue
+		}
+		if f.wevents&epollET != 0 && f.lastGen == f.gen {
 			continue // edge-triggered: nothing changed since last report
 		}
-		ready := readiness(int(w.fd)) & (w.events | 0x18) // EPOLLERR|EPOLLHUP always
+		ready := readiness(fd) & (f.wevents | 0x18) // EPOLLERR|EPOLLHUP always
 		if ready == 0 {
 			continue
 		}
-		w.lastGen = f.gen
+		f.lastGen = f.gen
 		p := out + uintptr(n)*12
 		*u32(p) = ready
-		*u64(p + 4) = w.data
+		*u64(p + 4) = f.wdata
 		n++
+		fds[epfd].count = uint64(fd + 1)
 	}
 	if n > 0 || timeoutMS == 0 {
 		klock.unlock()
@@ -367,6 +389,8 @@ func readiness(fd int) uint32 {
 		return 0
 	case fdConsole:
 		return 0x4
+	case fdSocket:
+		return socks[f.sock].ready
 	}
 	return 0
 }

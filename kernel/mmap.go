@@ -117,7 +117,8 @@ func initMmap() {
 	}
 	vmas.Insert(0, mmapLo)
 	vmas.Insert(kernelImageBase, kernelImageEnd)
-	vmas.Insert(boot.MMIOBase, boot.MMIOBase+1<<30) // device register windows
+	vmas.Insert(boot.MMIOBase, boot.MMIOBase+1<<30)     // device register windows
+	vmas.Insert(boot.NetsvcBase, boot.NetsvcBase+1<<30) // the network service's image
 	if err := ranges.Init(rangeLo, rangeHi, ncpu, 0); err != nil {
 		kprint("cumulus kernel: range allocator: bad window\n")
 	}

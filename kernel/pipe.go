@@ -189,8 +189,10 @@ func dupFD(old, newfd int, anyFD bool) int64 {
 		pipeClose(newfd)
 	}
 	fds[newfd] = fds[old]
-	fds[newfd].nwatch = 0
+	fds[newfd].ep = 0
 	switch fds[old].kind {
+	case fdSocket:
+		socks[fds[old].sock].refs++
 	case fdPipeR:
 		pipes[fds[old].pipe].readers++
 	case fdPipeW:

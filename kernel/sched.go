@@ -39,6 +39,7 @@ const (
 	wSleep
 	wEpoll
 	wPipe
+	wSvc // a request to the network service (sock.go): not interruptible
 )
 
 type threadHdr struct {
@@ -59,6 +60,7 @@ type threadHdr struct {
 	altFlags   int32
 	pfRetries  int32  // page faults re-executed for lack of a usable CR2
 	affinity   uint64 // CPUs the thread may run on (0: any)
+	proc       int32  // 0: the program; 1: the network service (sock.go)
 }
 
 type thread struct {
@@ -77,7 +79,7 @@ var (
 	klock   spinlock
 
 	nthreads  int32 // highest slot index in use + 1
-	live      int32 // threads not free
+	live      int32 // the program's threads not free (the service's are not counted)
 	nextTID   int32
 	curThread [boot.MaxCPUs]int32 // per CPU; -1 when idle
 

@@ -52,12 +52,12 @@ type sigaction struct {
 	handler, flags, restorer, mask uint64
 }
 
-var sigactions [65]sigaction // guarded by klock
+var sigactions [2][65]sigaction // per process (thread.proc); guarded by klock
 
 // Per-thread signal state lives in threadHdr: sigPending, sigMask,
 // altSP, altSize, altFlags.
 
-func doRtSigaction(sig int, act, oact uintptr, size uintptr) int64 {
+func doRtSigaction(proc int32, sig int, act, oact uintptr, size uintptr) int64 {
 	if sig < 1 || sig > 64 || size != 8 {
 		return -_EINVAL
 	}
@@ -74,9 +74,9 @@ func doRtSigaction(sig int, act, oact uintptr, size uintptr) int64 {
 		return -_EFAULT
 	}
 	klock.lock()
-	old = sigactions[sig]
+	old = sigactions[proc][sig]
 	if act != 0 {
-		sigactions[sig] = *(*sigaction)(ptrOf(act))
+		sigactions[proc][sig] = *(*sigaction)(ptrOf(act))
 	}
 	klock.unlock()
 	if oact != 0 {
@@ -146,7 +146,7 @@ func onAltStack(t *thread, sp uint64) bool {
 }
 
 // sysTgkill marks sig pending on thread tid and interrupts its wait.
-func doTgkill(tid int32, sig int) int64 {
+func doTgkill(tid int32, sig int, proc int32) int64 {
 	if sig < 0 || sig > 64 {
 		return -_EINVAL
 	}
@@ -154,18 +154,18 @@ func doTgkill(tid int32, sig int) int64 {
 	defer kunlock()
 	for i := int32(0); i < nthreads; i++ {
 		t := &threads[i]
-		if t.state == tFree || (tid != 0 && t.tid != tid) {
+		if t.state == tFree || (tid != 0 && t.tid != tid) || (tid == 0 && t.proc != proc) {
 			continue
 		}
 		if sig == 0 {
 			return 0
 		}
-		if sigactions[sig].handler == sigIGN || (sigactions[sig].handler == sigDFL && sig == sigURG) {
+		if h := sigactions[t.proc][sig].handler; h == sigIGN || (h == sigDFL && sig == sigURG) {
 			return 0 // ignored, or default action "ignore"
 		}
 		t.sigPending |= 1 << (sig - 1)
 		atomic.AddUint64(&stats.SignalsSent, 1)
-		if t.state == tBlocked && t.sigMask&(1<<(sig-1)) == 0 {
+		if t.state == tBlocked && t.waitKind != wSvc && t.sigMask&(1<<(sig-1)) == 0 {
 			wake(i, -_EINTR)
 		}
 		return 0
@@ -186,7 +186,7 @@ func deliverSignals(t *thread) {
 		bit := uint64(1) << (s - 1)
 		if t.sigPending&bit != 0 && t.sigMask&bit == 0 {
 			t.sigPending &^= bit
-			sig, act = s, sigactions[s]
+			sig, act = s, sigactions[t.proc][s]
 			break
 		}
 	}
@@ -224,7 +224,7 @@ func deliverFault(t *thread, vector int, errcode, cr2 uint64) bool {
 		return false
 	}
 	klock.lock()
-	act := sigactions[sig]
+	act := sigactions[t.proc][sig]
 	klock.unlock()
 	if act.handler == sigDFL || act.handler == sigIGN || t.sigMask&(1<<(sig-1)) != 0 {
 		return false

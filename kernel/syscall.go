@@ -14,20 +14,24 @@ import (
 )
 
 const (
-	_EPERM     = 1
-	_ENOENT    = 2
-	_EINTR     = 4
-	_EBADF     = 9
-	_EAGAIN    = 11
-	_ENOMEM    = 12
-	_EFAULT    = 14
-	_EEXIST    = 17
-	_ENODEV    = 19
-	_EINVAL    = 22
-	_EMFILE    = 24
-	_ENOTTY    = 25
-	_ENOSYS    = 38
-	_ETIMEDOUT = 110
+	_EPERM        = 1
+	_ENOENT       = 2
+	_EINTR        = 4
+	_EBADF        = 9
+	_EAGAIN       = 11
+	_ENOMEM       = 12
+	_EFAULT       = 14
+	_EEXIST       = 17
+	_ENODEV       = 19
+	_EINVAL       = 22
+	_EMFILE       = 24
+	_ENOTTY       = 25
+	_ENOSYS       = 38
+	_ETIMEDOUT    = 110
+	_ENFILE       = 23
+	_ESPIPE       = 29
+	_ENOTSOCK     = 88
+	_EAFNOSUPPORT = 97
 )
 
 // Linux x86-64 system call numbers used here.
@@ -108,6 +112,8 @@ const (
 	sysGetrandom      = 318
 	sysStatx          = 332
 	sysRseq           = 334
+	sysSplice         = 275
+	sysSendfile       = 40
 	sysFaccessat2     = 439
 	sysPwrite64       = 18
 	sysLseek          = 8
@@ -166,7 +172,7 @@ func dispatch(c int, cur int32, t *thread, nr uint64) int64 {
 	case sysRead:
 		return sysReadFD(c, cur, int(a0), a1, a2)
 	case sysClose:
-		return closeFD(int(a0))
+		return closeFD(c, cur, int(a0))
 	case sysMmap:
 		return sysMmapImpl(a0, a1, a2, a3, int32(a4), a5)
 	case sysMunmap:
@@ -205,7 +211,7 @@ func dispatch(c int, cur int32, t *thread, nr uint64) int64 {
 	case sysSetRobustList:
 		return 0
 	case sysRtSigaction:
-		return doRtSigaction(int(a0), a1, a2, a3)
+		return doRtSigaction(t.proc, int(a0), a1, a2, a3)
 	case sysRtSigprocmask:
 		return doRtSigprocmask(t, int(a0), a1, a2, a3)
 	case sysSigaltstack:
@@ -213,14 +219,14 @@ func dispatch(c int, cur int32, t *thread, nr uint64) int64 {
 	case sysRtSigreturn:
 		return doRtSigreturn(t)
 	case sysTgkill:
-		return doTgkill(int32(a1), int(a2))
+		return doTgkill(int32(a1), int(a2), t.proc)
 	case sysTkill:
-		return doTgkill(int32(a0), int(a1))
+		return doTgkill(int32(a0), int(a1), t.proc)
 	case sysKill:
 		if int32(a0) != 1 && int32(a0) != 0 && int32(a0) != -1 {
 			return -3 // ESRCH: there is one process
 		}
-		return doTgkill(0, int(a1))
+		return doTgkill(0, int(a1), t.proc)
 	case sysSchedGetaff:
 		if a1 < 8 {
 			return -_EINVAL
@@ -321,6 +327,9 @@ func dispatch(c int, cur int32, t *thread, nr uint64) int64 {
 		exitThread(c, cur)
 		return blocked
 	case sysExitGroup:
+		if t.proc != 0 {
+			kprint("cumulus kernel: the network service exited\n")
+		}
 		for {
 			outl(boot.HCExit, uint32(a0))
 		}
@@ -461,6 +470,13 @@ func dispatch(c int, cur int32, t *thread, nr uint64) int64 {
 		return dupFD(int(a0), int(a1), nr == sysDup)
 	case sysRseq:
 		return -_ENOSYS
+	case sysSplice, sysSendfile:
+		// EINVAL, as Linux for descriptors it cannot splice: Go then
+		// falls back to read and write (ENOSYS would end io.Copy).
+		return -_EINVAL
+	}
+	if r, ok := sockSyscall(c, cur, t, nr, a0, a1, a2, a3, a4, a5); ok {
+		return r
 	}
 	atomic.AddUint64(&stats.Unknown, 1)
 	return -_ENOSYS
@@ -562,6 +578,10 @@ func sysCloneImpl(cur int32, flags, stack, ptid, ctid, tls uintptr) int64 {
 	nt.sigMask = parent.sigMask
 	nt.altSP, nt.altSize, nt.altFlags = 0, 0, ssDisable
 	nt.affinity = parent.affinity
+	nt.proc = parent.proc
+	if nt.proc != 0 {
+		live-- // allocThread counted it
+	}
 	nt.waitKind = wNone
 	nt.deadline = 0
 	if flags&cloneParentSetTID != 0 && !badPtr(ptid) {
@@ -587,7 +607,9 @@ func exitThread(c int, cur int32) {
 		futexWake(t.clearTID, 1)
 	}
 	t.state = tFree
-	live--
+	if t.proc == 0 {
+		live--
+	}
 	if live == 0 {
 		klock.unlock()
 		for {

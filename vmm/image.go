@@ -15,11 +15,15 @@ import (
 // small manifest. The monitor loads both into one address space.
 //
 // File format: the 16-byte magic, a little-endian uint32 manifest length,
-// the JSON manifest, then the kernel ELF and the program ELF back to back.
+// the JSON manifest, then the kernel ELF, the program ELF and the network
+// service's ELF (optional) back to back.
 type Image struct {
 	Manifest Manifest
 	Kernel   []byte
 	Program  []byte
+	// Netsvc is the network service (kernel/net/netsvc), linked at
+	// boot.NetsvcBase; without it the program's sockets get EAFNOSUPPORT.
+	Netsvc []byte
 }
 
 // Manifest describes an image.
@@ -27,6 +31,7 @@ type Manifest struct {
 	Name        string `json:"name"`
 	KernelSize  int    `json:"kernel_size"`
 	ProgramSize int    `json:"program_size"`
+	NetsvcSize  int    `json:"netsvc_size,omitempty"`
 	GoVersion   string `json:"go_version,omitempty"`
 }
 
@@ -39,6 +44,7 @@ const KernelBase = 0x4000000000
 func (img *Image) Encode() []byte {
 	img.Manifest.KernelSize = len(img.Kernel)
 	img.Manifest.ProgramSize = len(img.Program)
+	img.Manifest.NetsvcSize = len(img.Netsvc)
 	m, _ := json.Marshal(img.Manifest)
 	var b bytes.Buffer
 	b.WriteString(imageMagic)
@@ -46,6 +52,7 @@ func (img *Image) Encode() []byte {
 	b.Write(m)
 	b.Write(img.Kernel)
 	b.Write(img.Program)
+	b.Write(img.Netsvc)
 	return b.Bytes()
 }
 
@@ -80,12 +87,15 @@ func DecodeImage(data []byte) (*Image, error) {
 		return nil, fmt.Errorf("image: manifest: %w", err)
 	}
 	p += n
-	ks, ps := img.Manifest.KernelSize, img.Manifest.ProgramSize
-	if ks <= 0 || ps <= 0 || p+ks+ps != len(data) {
-		return nil, fmt.Errorf("image: sizes in manifest (%d+%d) do not match file (%d bytes of payload)", ks, ps, len(data)-p)
+	ks, ps, ns := img.Manifest.KernelSize, img.Manifest.ProgramSize, img.Manifest.NetsvcSize
+	if ks <= 0 || ps <= 0 || ns < 0 || p+ks+ps+ns != len(data) {
+		return nil, fmt.Errorf("image: sizes in manifest (%d+%d+%d) do not match file (%d bytes of payload)", ks, ps, ns, len(data)-p)
 	}
 	img.Kernel = data[p : p+ks]
-	img.Program = data[p+ks:]
+	img.Program = data[p+ks : p+ks+ps]
+	if ns > 0 {
+		img.Netsvc = data[p+ks+ps:]
+	}
 	if err := CheckProgram(img.Program); err != nil {
 		return nil, err
 	}

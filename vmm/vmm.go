@@ -119,6 +119,8 @@ type machine struct {
 	stubHi  uint64
 	kernPA  uint64
 	kernEnd uint64
+	svcPA   uint64 // network service: physical load address
+	svcEnd  uint64 // and its image size (2 MiB aligned), mapped at NetsvcBase
 	layout  layout
 	outMu   sync.Mutex
 	stopped atomic.Bool
@@ -298,11 +300,22 @@ func (m *machine) setup(img *Image) error {
 		return fmt.Errorf("vmm: kernel ELF lacks fault entries")
 	}
 
+	// The network service, physically after the kernel, virtually at
+	// NetsvcBase, followed by its initial stack (identity-mapped).
+	afterKernel := m.kernPA + m.kernEnd
+	var svcFile *elf.File
+	if len(img.Netsvc) > 0 {
+		if svcFile, err = m.loadNetsvc(img.Netsvc, afterKernel); err != nil {
+			return err
+		}
+		afterKernel = m.svcPA + m.svcEnd + boot.NetsvcStack
+	}
+
 	// Kernel memory after the kernel image.
 	n := uint64(m.cfg.CPUs)
 	l := &m.layout
 	l.imageEnd = imageEnd
-	l.perCPU = m.kernPA + m.kernEnd
+	l.perCPU = afterKernel
 	l.kstacks = l.perCPU + align(n*boot.PerCPUSize, boot.PageSize)
 	l.ist = l.kstacks + n*boot.KernelStackSize
 	l.threads = l.ist + n*boot.ISTStackSize
@@ -316,7 +329,11 @@ func (m *machine) setup(img *Image) error {
 	m.buildPageTables()
 	m.buildCPUTables()
 	m.buildPerCPU()
-	rsp := m.buildStack(pf)
+	rsp := m.buildStack(pf, m.layout.mainStack+boot.MainStackSize, m.cfg.Args, m.cfg.Env)
+	var svcRSP uint64
+	if svcFile != nil {
+		svcRSP = m.buildStack(svcFile, m.svcPA+m.svcEnd+boot.NetsvcStack, []string{"netsvc"}, nil)
+	}
 	m.cfg.Log.Debug("vmm: tables built", "elapsed", time.Since(m.start))
 
 	// vCPUs.
@@ -360,6 +377,9 @@ func (m *machine) setup(img *Image) error {
 		KCallEntry: m.kern.byName[boot.SymKCallEntry].Value,
 		Flags:      reclaimFlag(m.cfg.Reclaim),
 	}
+	if svcFile != nil {
+		biv.SvcEntry, biv.SvcStack = svcFile.Entry, svcRSP
+	}
 	if err := m.attachDevices(); err != nil {
 		return err
 	}
@@ -398,6 +418,12 @@ func (m *machine) buildPageTables() {
 				continue
 			}
 			m.put64(pd+8*j, pa|ptFlag|ptPS)
+		}
+	}
+	if m.svcEnd != 0 {
+		m.put64(boot.PDPTAddr+8*(boot.NetsvcBase>>30), boot.NetsvcPDAddr|ptFlag)
+		for off := uint64(0); off < m.svcEnd; off += boot.HugePageSize {
+			m.put64(boot.NetsvcPDAddr+8*(off>>21), (m.svcPA+off)|ptFlag|ptPS)
 		}
 	}
 	kpd := uint64(boot.PDAddr) + boot.MaxRAMGiB*boot.PageSize
@@ -468,8 +494,7 @@ func (m *machine) buildPerCPU() {
 
 // buildStack writes the Linux initial process stack: argc, argv, envp and
 // the auxiliary vector the Go runtime reads (AT_PAGESZ, AT_RANDOM, AT_PHDR).
-func (m *machine) buildStack(pf *elf.File) uint64 {
-	top := m.layout.mainStack + boot.MainStackSize
+func (m *machine) buildStack(pf *elf.File, top uint64, args, env []string) uint64 {
 	sp := top
 	pushStr := func(s string) uint64 {
 		sp -= uint64(len(s) + 1)
@@ -478,10 +503,10 @@ func (m *machine) buildStack(pf *elf.File) uint64 {
 		return sp
 	}
 	var argv, envp []uint64
-	for _, a := range m.cfg.Args {
+	for _, a := range args {
 		argv = append(argv, pushStr(a))
 	}
-	for _, e := range m.cfg.Env {
+	for _, e := range env {
 		envp = append(envp, pushStr(e))
 	}
 	sp -= 16
@@ -810,6 +835,34 @@ func (v *vcpu) halt(deadlineNS int64) {
 	case <-timer:
 	case <-m.stopCh:
 	}
+}
+
+// loadNetsvc loads the network service's ELF at physical address pa.
+func (m *machine) loadNetsvc(data []byte, pa uint64) (*elf.File, error) {
+	f, err := elf.NewFile(bytes.NewReader(data))
+	if err != nil {
+		return nil, fmt.Errorf("vmm: network service: %w", err)
+	}
+	m.svcPA = pa
+	end := uint64(0)
+	for _, p := range f.Progs {
+		if p.Type != elf.PT_LOAD {
+			continue
+		}
+		if p.Vaddr < boot.NetsvcBase || p.Vaddr+p.Memsz > boot.NetsvcBase+1<<30 {
+			return nil, fmt.Errorf("vmm: network service segment at %#x is outside its window", p.Vaddr)
+		}
+		dst := pa + (p.Vaddr - boot.NetsvcBase)
+		if dst+p.Memsz > m.cfg.MemBytes {
+			return nil, fmt.Errorf("vmm: network service does not fit in %d MiB of RAM", m.cfg.MemBytes>>20)
+		}
+		if _, err := p.ReadAt(m.mem[dst:dst+p.Filesz], 0); err != nil && err != io.EOF {
+			return nil, fmt.Errorf("vmm: load network service segment: %w", err)
+		}
+		end = max(end, p.Vaddr+p.Memsz-boot.NetsvcBase)
+	}
+	m.svcEnd = align(end, boot.HugePageSize)
+	return f, nil
 }
 
 // guestNow approximates the guest's monotonic clock (ns since BootTSC).

@@ -64,7 +64,11 @@ type SvcSlot struct {
 	Result int64
 }
 
-const SvcNonblock = 1
+// SvcSlot.Flags.
+const (
+	SvcNonblock = 1 << 0 // the descriptor is O_NONBLOCK (or MSG_DONTWAIT)
+	SvcFlat     = 1 << 1 // SvcRead/SvcWrite: a0 is one buffer and a1 its length, not an iovec array
+)
 
 // SvcShared is the block the kernel and the service share.
 type SvcShared struct {

@@ -19,6 +19,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/cumulusdb/cumulus/kernel/boot"
 	"github.com/cumulusdb/cumulus/vmm"
 )
 
@@ -88,6 +89,41 @@ func Kernel() ([]byte, error) {
 	return kernelELF, kernelErr
 }
 
+var (
+	netsvcOnce sync.Once
+	netsvcELF  []byte
+	netsvcErr  error
+)
+
+// Netsvc builds (once per process) the network service's ELF
+// (kernel/net/netsvc), linked at boot.NetsvcBase.
+func Netsvc() ([]byte, error) {
+	netsvcOnce.Do(func() {
+		root, err := ModuleRoot()
+		if err != nil {
+			netsvcErr = err
+			return
+		}
+		dir, err := os.MkdirTemp("", "cumulus-netsvc-")
+		if err != nil {
+			netsvcErr = err
+			return
+		}
+		defer os.RemoveAll(dir)
+		out := filepath.Join(dir, "netsvc.elf")
+		ld := fmt.Sprintf("-ldflags=-T=%#x", boot.NetsvcBase+0x1000)
+		cmd := exec.Command("go", "build", "-trimpath", ld, "-o", out, "./kernel/net/netsvc")
+		cmd.Dir = root
+		cmd.Env = goEnv()
+		if msg, err := cmd.CombinedOutput(); err != nil {
+			netsvcErr = fmt.Errorf("build: network service: %v\n%s", err, msg)
+			return
+		}
+		netsvcELF, netsvcErr = os.ReadFile(out)
+	})
+	return netsvcELF, netsvcErr
+}
+
 // Program builds the Go main package at path (a directory, a package
 // pattern relative to the current directory, or an existing ELF file) and
 // returns the executable's bytes.
@@ -137,5 +173,9 @@ func Image(name string, program []byte) (*vmm.Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &vmm.Image{Manifest: vmm.Manifest{Name: name, GoVersion: runtime.Version()}, Kernel: k, Program: program}, nil
+	svc, err := Netsvc()
+	if err != nil {
+		return nil, err
+	}
+	return &vmm.Image{Manifest: vmm.Manifest{Name: name, GoVersion: runtime.Version()}, Kernel: k, Program: program, Netsvc: svc}, nil
 }

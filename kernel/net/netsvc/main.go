@@ -1,0 +1,107 @@
+// Command netsvc is the image's network service: gVisor's TCP/IP stack in
+// a Go runtime of its own, started by the kernel at the program's first
+// socket call, serving the program's forwarded socket system calls
+// (protocol in kernel/boot/netsvc.go, sockets in kernel/net).
+//
+// Interfaces: loopback (127.0.0.1/8) always; eth0 (virtio-net) when the
+// monitor attached one, with the address the monitor's user-mode network
+// expects.
+//
+// It runs only inside an image: its system calls beyond Linux's
+// (boot.SysSvc*) exist only in our kernel.
+package main
+
+import (
+	"fmt"
+	"os"
+	"sync/atomic"
+	"syscall"
+	"unsafe"
+
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/link/loopback"
+	"gvisor.dev/gvisor/pkg/tcpip/network/arp"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
+
+	"github.com/cumulusdb/cumulus/kernel/boot"
+	knet "github.com/cumulusdb/cumulus/kernel/net"
+)
+
+const debug = false
+
+func main() {
+	r, _, errno := syscall.RawSyscall(boot.SysSvcInfo, 0, 0, 0)
+	if errno != 0 {
+		fmt.Fprintln(os.Stderr, "netsvc: not inside a CumulusDB image")
+		os.Exit(2)
+	}
+	shared := (*boot.SvcShared)(ptr(r))
+	st, err := newStack()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "netsvc: %v\n", err)
+		os.Exit(2)
+	}
+	if debug {
+		knet.Debug = func(f string, a ...any) { fmt.Fprintf(os.Stderr, "netsvc: "+f+"\n", a...) }
+	}
+	svc := knet.NewService(st, func(id int, mask uint32) {
+		if debug {
+			fmt.Fprintf(os.Stderr, "netsvc: ready %d %#x\n", id, mask)
+		}
+		syscall.RawSyscall(boot.SysSvcReady, uintptr(id), uintptr(mask), 0)
+	})
+	serve(shared, svc)
+}
+
+// serve takes requests off the ring in order. Calls that cannot block run
+// here, one after another; a call on a blocking socket gets a goroutine.
+func serve(sh *boot.SvcShared, svc *knet.Service) {
+	for {
+		seq := atomic.LoadUint32(&sh.Seq)
+		for head := atomic.LoadUint32(&sh.Head); head != atomic.LoadUint32(&sh.Tail); head++ {
+			i := sh.Ring[head%boot.MaxThreads]
+			atomic.StoreUint32(&sh.Head, head+1)
+			slot := &sh.Slots[i]
+			if knet.Blocks(slot) {
+				go complete(svc, i, slot)
+			} else {
+				complete(svc, i, slot)
+			}
+		}
+		syscall.Syscall(boot.SysSvcWait, uintptr(seq), 0, 0)
+	}
+}
+
+func complete(svc *knet.Service, i int32, slot *boot.SvcSlot) {
+	r := svc.Handle(slot)
+	if debug {
+		fmt.Fprintf(os.Stderr, "netsvc: thread %d op %d sock %d flags %d args %x → %d\n", i, slot.Op, slot.Sock, slot.Flags, slot.Args, r)
+	}
+	syscall.RawSyscall(boot.SysSvcDone, uintptr(i), uintptr(r), 0)
+}
+
+func newStack() (*stack.Stack, error) {
+	st := stack.New(stack.Options{
+		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol, arp.NewProtocol},
+		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol},
+	})
+	if err := st.CreateNIC(1, loopback.New()); err != nil {
+		return nil, fmt.Errorf("loopback: %v", err)
+	}
+	lo := tcpip.ProtocolAddress{Protocol: ipv4.ProtocolNumber, AddressWithPrefix: tcpip.AddressWithPrefix{Address: tcpip.AddrFrom4([4]byte{127, 0, 0, 1}), PrefixLen: 8}}
+	if err := st.AddProtocolAddress(1, lo, stack.AddressProperties{}); err != nil {
+		return nil, fmt.Errorf("loopback address: %v", err)
+	}
+	routes := []tcpip.Route{{Destination: lo.AddressWithPrefix.Subnet(), NIC: 1}}
+	nicRoutes, err := attachEth(st)
+	if err != nil {
+		return nil, err
+	}
+	st.SetRouteTable(append(routes, nicRoutes...))
+	return st, nil
+}
+
+func ptr(a uintptr) unsafe.Pointer { return *(*unsafe.Pointer)(unsafe.Pointer(&a)) }
