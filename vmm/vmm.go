@@ -48,9 +48,10 @@ type Config struct {
 	Tick     time.Duration // preemption tick (default 10 ms)
 	Log      *slog.Logger
 	Shares   []Share // host directories visible in the guest
-	// Reclaim returns the frames of large discards after a TLB shootdown
-	// (experimental; without it they are zeroed in place and kept).
-	Reclaim bool
+	// KeepFrames turns frame reclaim off: large discards (munmap,
+	// MADV_DONTNEED) are zeroed in place and keep their frames, instead of
+	// returning them after a TLB shootdown.
+	KeepFrames bool
 	// KeepSyscall leaves the program's SYSCALL sites as they are instead
 	// of rewriting them into direct calls (for comparisons).
 	KeepSyscall bool
@@ -375,7 +376,7 @@ func (m *machine) setup(img *Image) error {
 		ImageEnd: imageEnd, MainStackTop: l.mainStack + boot.MainStackSize,
 		TSCMult:    (1_000_000 << 32) / max(tscKHz, 1),
 		KCallEntry: m.kern.byName[boot.SymKCallEntry].Value,
-		Flags:      reclaimFlag(m.cfg.Reclaim),
+		Flags:      reclaimFlag(!m.cfg.KeepFrames),
 	}
 	if svcFile != nil {
 		biv.SvcEntry, biv.SvcStack = svcFile.Entry, svcRSP

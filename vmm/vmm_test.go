@@ -176,12 +176,12 @@ func TestKapi(t *testing.T) {
 	expectOK(t, boot(t, 2, 512<<20, time.Minute, "kapi"), "kapi")
 }
 
-// TestReclaim: with -reclaim, a large discard returns its frames after a
+// TestReclaim: by default, a large discard returns its frames after a
 // TLB shootdown run by the monitor on every vCPU.
 func TestReclaim(t *testing.T) {
 	img := guestImage(t)
 	var out, errb bytes.Buffer
-	res, err := vmm.Run(img, vmm.Config{CPUs: 2, MemBytes: 512 << 20, Timeout: time.Minute, Reclaim: true,
+	res, err := vmm.Run(img, vmm.Config{CPUs: 2, MemBytes: 512 << 20, Timeout: time.Minute,
 		Args: []string{"guest", "kapi=reclaim"}, Stdout: &out, Stderr: &errb})
 	expectOK(t, run{res, err, out.String(), errb.String()}, "kapi")
 	if res.Stats.Shootdowns == 0 || res.Stats.TLBFlushes < 2*res.Stats.Shootdowns || res.Stats.FramesReclaimed < 2048 {
@@ -222,13 +222,13 @@ func TestShares(t *testing.T) {
 	}
 }
 
-// TestShootdown: with -reclaim, discarded frames are reused only after
+// TestShootdown: discarded frames are reused only after
 // every vCPU's TLB was flushed: a reader on another vCPU never sees a
 // freed frame's new contents through the old address.
 func TestShootdown(t *testing.T) {
 	img := guestImage(t)
 	var out, errb bytes.Buffer
-	res, err := vmm.Run(img, vmm.Config{CPUs: 2, MemBytes: 256 << 20, Timeout: time.Minute, Reclaim: true,
+	res, err := vmm.Run(img, vmm.Config{CPUs: 2, MemBytes: 256 << 20, Timeout: time.Minute,
 		Args: []string{"guest", "tlb"}, Stdout: &out, Stderr: &errb})
 	expectOK(t, run{res, err, out.String(), errb.String()}, "tlb")
 	if res.Stats.Shootdowns < 20 {
