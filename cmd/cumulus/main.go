@@ -167,7 +167,7 @@ func (rf *runFlags) register(fs *flag.FlagSet) {
 	fs.Var(&rf.env, "e", "set an environment variable in the guest (KEY=VALUE, repeatable)")
 	fs.Var(&rf.shares, "v", "share a host directory: HOST:GUEST[:ro] (repeatable)")
 	fs.StringVar(&rf.workdir, "w", "/", "the guest's working directory")
-	fs.BoolVar(&rf.reclaim, "reclaim", false, "experimental: munmap/MADV_DONTNEED of 256 KiB or more return frames (TLB shootdowns)")
+	fs.BoolVar(&rf.reclaim, "reclaim", true, "munmap/MADV_DONTNEED of 256 KiB or more return frames to the allocator (TLB shootdowns); false zeroes them in place")
 	fs.BoolVar(&rf.keepSyscall, "keep-syscall", false, "do not rewrite the program's SYSCALL sites into direct kernel calls")
 }
 
@@ -188,7 +188,7 @@ func (rf *runFlags) config(args []string) (vmm.Config, error) {
 	}
 	return vmm.Config{
 		CPUs: rf.cpus, MemBytes: mem, Timeout: rf.timeout, Args: args, Env: env,
-		Shares: shares, Cwd: rf.workdir, Reclaim: rf.reclaim, KeepSyscall: rf.keepSyscall,
+		Shares: shares, Cwd: rf.workdir, KeepFrames: !rf.reclaim, KeepSyscall: rf.keepSyscall,
 		Log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: logLevel()})),
 	}, nil
 }
