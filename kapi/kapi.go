@@ -24,6 +24,9 @@
 //   - Discard leaves the range reading as zeros.
 //   - A BlockDevice's Flush makes every WriteAt that returned before it
 //     durable; nothing is promised for writes still in flight.
+//   - A BlockQueue's BlockFlush makes every write that completed before
+//     the flush was submitted durable; requests in flight together are
+//     unordered.
 package kapi
 
 import (
@@ -31,6 +34,7 @@ import (
 	"fmt"
 	"sort"
 	"sync"
+	"time"
 )
 
 // Region is a reserved range of virtual memory. Mem covers the whole range;
@@ -95,6 +99,117 @@ type BlockDevice interface {
 	// Flush makes all completed writes durable.
 	Flush() error
 	Close() error
+}
+
+// BlockQueue is a block device as a submission/completion queue (DESIGN
+// §3 "devices"): the caller submits batches of requests and collects
+// completions itself, by polling or by waiting. In the image it is the
+// virtio-blk queue, driven from the caller's goroutine: no system call,
+// one notification (a VM exit) per batch at most, completions found in
+// shared memory. On Linux it is a file (O_DIRECT where the file system
+// allows it) served by worker goroutines doing pread/pwrite/fdatasync.
+//
+// Rules:
+//   - Offsets and buffer lengths are multiples of BlockSize; buffers come
+//     from AllocBuffer (in the image they must be physical memory the
+//     device can reach; the Go heap is not) and are not touched while
+//     their request is in flight. A request may use any BlockSize-aligned
+//     part of a buffer.
+//   - At most Depth requests are in flight; Submit accepts what fits.
+//   - Requests in flight complete in any order. A BlockFlush makes every
+//     write that completed before it was submitted durable.
+//   - Every method is safe for concurrent use, but a completion goes to
+//     whichever caller polls it: usually one goroutine owns a queue (the
+//     database's I/O loop), or a dispatcher routes by Tag (NewQueueDevice).
+type BlockQueue interface {
+	// Name identifies the device in error messages.
+	Name() string
+	// BlockSize is the granularity of offsets and lengths.
+	BlockSize() int
+	// Depth is how many requests may be in flight at once.
+	Depth() int
+	// MaxTransfer is the largest Buf of one request.
+	MaxTransfer() int
+	// Size and Grow are as for BlockDevice: a fixed-size device (a disk
+	// in the image) is wholly allocated, and Grow past it fails with an
+	// error wrapping syscall.ENOSPC.
+	Size() int64
+	Grow(size int64) error
+	// AllocBuffer returns n bytes (rounded up to whole pages) of I/O
+	// memory aligned to at least BlockSize. Sizes up to 2 MiB always work.
+	AllocBuffer(n int) ([]byte, error)
+	// FreeBuffer returns a buffer from AllocBuffer.
+	FreeBuffer(b []byte) error
+	// Submit starts requests and returns how many it accepted: a prefix
+	// of reqs. Fewer than len(reqs) with a nil error means the queue is
+	// full: collect completions, then submit the rest. An invalid request
+	// (misaligned, past the end of a fixed device, a write to a read-only
+	// one) stops the batch: n counts those accepted before it and err
+	// (wrapping syscall.EINVAL, EROFS, …) describes reqs[n].
+	Submit(reqs []BlockRequest) (n int, err error)
+	// Poll moves completed requests into out without blocking.
+	Poll(out []BlockCompletion) int
+	// Wait is Poll after waiting up to timeout (<0: no limit) for at
+	// least one completion; 0 means none came in time.
+	Wait(out []BlockCompletion, timeout time.Duration) int
+	// Close abandons requests in flight and releases the device.
+	Close() error
+}
+
+// BlockOp is the operation of a BlockRequest.
+type BlockOp uint8
+
+// Block operations.
+const (
+	BlockRead BlockOp = iota + 1
+	BlockWrite
+	BlockFlush
+)
+
+func (o BlockOp) String() string {
+	switch o {
+	case BlockRead:
+		return "read"
+	case BlockWrite:
+		return "write"
+	case BlockFlush:
+		return "flush"
+	}
+	return fmt.Sprintf("BlockOp(%d)", uint8(o))
+}
+
+// BlockRequest is one request of a batch. Off and Buf are unused by
+// BlockFlush. Tag is the caller's and comes back in the completion.
+type BlockRequest struct {
+	Op  BlockOp
+	Off int64
+	Buf []byte
+	Tag uint64
+}
+
+// BlockCompletion reports a finished request. N is the bytes transferred:
+// len(Buf) on success, except a read reaching past the end of a growable
+// device's file, which is short. Err wraps syscall.EIO for a device
+// error, syscall.EOPNOTSUPP for an operation the device refused.
+type BlockCompletion struct {
+	Tag uint64
+	N   int
+	Err error
+}
+
+// BlockQueueOpener is implemented by kernels that offer block queues.
+type BlockQueueOpener interface {
+	OpenBlockQueue(path string, opts BlockOptions) (BlockQueue, error)
+}
+
+// OpenBlockQueue opens path as a BlockQueue on k, or fails with
+// ErrUnsupported.
+func OpenBlockQueue(k Kernel, path string, opts BlockOptions) (BlockQueue, error) {
+	o, ok := k.(BlockQueueOpener)
+	if !ok {
+		return nil, fmt.Errorf("kapi: %s has no block queues: %w", k.Name(), ErrUnsupported)
+	}
+	return o.OpenBlockQueue(path, opts)
 }
 
 // BlockOptions configure OpenBlock.

@@ -14,8 +14,11 @@
 //     makes the range read as zero. (The kernel zeroes discarded memory in
 //     place and keeps its frames: frame reclaim needs TLB shootdowns, still
 //     to come, so a discarded page stays "resident".)
-//   - Block devices are files on host shares until virtio-blk exists; the
-//     monitor forwards their I/O (buffered: no O_DIRECT through shares).
+//   - OpenBlock("/dev/vda") (or "vda") opens a virtio-blk disk the monitor
+//     attached, driven from the program's goroutines (blk.go); it is also
+//     a kapi.BlockQueue (OpenBlockQueue). Other paths are files on host
+//     shares; the monitor forwards their I/O (buffered: no O_DIRECT
+//     through shares).
 package unikernel
 
 import (
@@ -50,12 +53,6 @@ func (Kernel) Name() string { return "unikernel" }
 
 // Memory implements kapi.Kernel.
 func (Kernel) Memory() kapi.Memory { return memory{Memory: linux.Kernel{}.Memory()} }
-
-// OpenBlock implements kapi.Kernel on files of host shares.
-func (Kernel) OpenBlock(path string, opts kapi.BlockOptions) (kapi.BlockDevice, error) {
-	opts.Buffered = true
-	return linux.Kernel{}.OpenBlock(path, opts)
-}
 
 type memory struct{ kapi.Memory }
 
