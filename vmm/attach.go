@@ -1,5 +1,13 @@
 package vmm
 
+import (
+	"fmt"
+
+	"github.com/cumulusdb/cumulus/kernel/boot"
+	"github.com/cumulusdb/cumulus/vmm/virtio"
+	"github.com/cumulusdb/cumulus/vmm/virtio/blk"
+)
+
 // Disk is a host file attached as a virtio block device. Disks appear in
 // the guest in Config order as vda, vdb, …
 type Disk struct {
@@ -15,7 +23,64 @@ type PortForward struct {
 	GuestPort int
 }
 
+// DeviceStats are one device's counts for a run.
+type DeviceStats struct {
+	Name string
+	virtio.Stats
+}
+
 // attachDevices creates the devices Config asks for (virtio block and
 // network, see devices.go) in a fixed order, so that their names and
 // windows are the same at every boot.
-func (m *machine) attachDevices() error { return nil }
+//
+// Each device model (vmm/virtio/...) sits behind a virtio.Transport,
+// which is the mmioDevice of its window; its interrupt is m.raiseIRQ of
+// the window's index. A device that fails to open stops the boot; those
+// already attached are closed with the machine.
+func (m *machine) attachDevices() error {
+	mem := virtio.NewMemory(m.mem[:m.cfg.MemBytes])
+	for i, d := range m.cfg.Disks {
+		if i >= 26 {
+			return fmt.Errorf("vmm: more than 26 disks")
+		}
+		name := "vd" + string(rune('a'+i))
+		dev, err := blk.Open(blk.Config{Path: d.Path, Size: d.Size, ReadOnly: d.ReadOnly, Log: m.cfg.Log.With("device", name)})
+		if err != nil {
+			return fmt.Errorf("vmm: disk %s (%s): %w", name, d.Path, err)
+		}
+		if err := m.attachVirtio(boot.VirtioBlock, name, dev, mem); err != nil {
+			dev.Close()
+			return err
+		}
+	}
+	if m.cfg.Net || len(m.cfg.Ports) > 0 {
+		if err := m.attachNet(mem); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// attachVirtio puts dev behind a virtio-mmio transport in the next
+// window.
+func (m *machine) attachVirtio(id uint32, name string, dev virtio.Device, mem virtio.Memory) error {
+	irq := -1
+	t := virtio.NewTransport(dev, mem, func() { m.raiseIRQ(irq) }, m.cfg.Log.With("device", name))
+	i, err := m.attach(id, name, t)
+	if err != nil {
+		return err
+	}
+	irq = i
+	return nil
+}
+
+// deviceStats collects every device's counts (for Stats).
+func (m *machine) deviceStats() []DeviceStats {
+	var out []DeviceStats
+	for _, d := range m.devs {
+		if t, ok := d.dev.(*virtio.Transport); ok {
+			out = append(out, DeviceStats{Name: d.name, Stats: t.Stats()})
+		}
+	}
+	return out
+}
