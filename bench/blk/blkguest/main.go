@@ -4,7 +4,7 @@
 // (/dev/vda: the virtio-blk driver), so the two figures compare the same
 // code (DESIGN §1.7).
 //
-//	blkguest -dev PATH -w WORKLOAD [-t SECONDS] [-span BYTES]
+//	blkguest -dev PATH -w WORKLOAD [-t SECONDS] [-span BYTES] [-buffered]
 package main
 
 import (
@@ -25,14 +25,15 @@ func main() {
 	name := flag.String("w", "randread-4k-qd32", "workload")
 	secs := flag.Float64("t", 3, "seconds per workload")
 	span := flag.Int64("span", 0, "bytes of the device to use (0: all)")
+	buffered := flag.Bool("buffered", false, "Linux: through the page cache (no O_DIRECT)")
 	flag.Parse()
-	if err := run(*dev, *name, time.Duration(*secs*float64(time.Second)), *span); err != nil {
+	if err := run(*dev, *name, time.Duration(*secs*float64(time.Second)), *span, *buffered); err != nil {
 		fmt.Fprintln(os.Stderr, "blkguest:", err)
 		os.Exit(1)
 	}
 }
 
-func run(path, name string, dur time.Duration, span int64) error {
+func run(path, name string, dur time.Duration, span int64, buffered bool) error {
 	w, err := blk.Lookup(name)
 	if err != nil {
 		return err
@@ -41,7 +42,7 @@ func run(path, name string, dur time.Duration, span int64) error {
 	if err != nil {
 		return err
 	}
-	q, err := kapi.OpenBlockQueue(k, path, kapi.BlockOptions{})
+	q, err := kapi.OpenBlockQueue(k, path, kapi.BlockOptions{Buffered: buffered})
 	if err != nil {
 		return err
 	}
