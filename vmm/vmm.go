@@ -62,6 +62,9 @@ type Config struct {
 	// user-mode network; Ports implies it.
 	Net   bool
 	Ports []PortForward
+	// Stop, when closed, stops the machine (Result.Reason "stopped",
+	// exit code 0): the guest is not told, like a power-off.
+	Stop <-chan struct{}
 }
 
 // Result is how a run ended.
@@ -612,6 +615,7 @@ func (m *machine) run() (Result, error) {
 	done := make(chan struct{})
 	go func() { wg.Wait(); close(done) }()
 	timedOut := false
+	stopReq := m.cfg.Stop
 loop:
 	for {
 		select {
@@ -621,6 +625,9 @@ loop:
 			m.kickAll()
 			<-done
 			break loop
+		case <-stopReq:
+			stopReq = nil
+			m.stop(Result{ExitCode: 0, Reason: "stopped"})
 		case <-timeout:
 			timedOut = true
 			m.reportHang()

@@ -119,8 +119,8 @@ func cmdImage(args []string) error {
 	if err := os.WriteFile(*out, data, 0o644); err != nil {
 		return err
 	}
-	fmt.Fprintf(os.Stderr, "cumulus: wrote %s (%d KiB: kernel %d KiB + program %d KiB) in %v\n",
-		*out, len(data)>>10, len(img.Kernel)>>10, len(img.Program)>>10, time.Since(start).Round(time.Millisecond))
+	fmt.Fprintf(os.Stderr, "cumulus: wrote %s (%d KiB: kernel %d KiB + program %d KiB + network service %d KiB) in %v\n",
+		*out, len(data)>>10, len(img.Kernel)>>10, len(img.Program)>>10, len(img.Netsvc)>>10, time.Since(start).Round(time.Millisecond))
 	return nil
 }
 
@@ -375,41 +375,6 @@ func cmdBench(args []string) error {
 		return nil
 	}
 	return fmt.Errorf("unknown benchmark group %q (have: core)", args[0])
-}
-
-// cmdUp is the quick start's main job: build the server image, boot it.
-func cmdUp(args []string) (int, error) {
-	fs := flag.NewFlagSet("up", flag.ExitOnError)
-	var rf runFlags
-	rf.register(fs)
-	fs.Parse(args)
-	root, err := build.ModuleRoot()
-	if err != nil {
-		return 1, err
-	}
-	fmt.Fprintf(os.Stderr, "cumulus: building the CumulusDB server image...\n")
-	prog, err := build.Program(filepath.Join(root, "cmd", "cumulusdb"))
-	if err != nil {
-		return 1, err
-	}
-	img, err := build.Image("cumulusdb", prog)
-	if err != nil {
-		return 1, err
-	}
-	// The database lives in a host directory shared as /data, so it
-	// persists from one `cumulus up` to the next.
-	dataDir := filepath.Join(root, "out", "cumulusdb-data")
-	if err := os.MkdirAll(dataDir, 0o755); err != nil {
-		return 1, err
-	}
-	fmt.Fprintf(os.Stderr, "cumulus: booting it on %d vCPU(s), %s of memory, under KVM (data: %s as /data)...\n", rf.cpus, rf.mem, dataDir)
-	rf.shares = append(rf.shares, dataDir+":/data")
-	cfg, err := rf.config(append([]string{"cumulusdb", "-data", "/data"}, fs.Args()...))
-	if err != nil {
-		return 2, err
-	}
-	rf.stats = true
-	return runImage(img, cfg, false)
 }
 
 // logLevel: CUMULUS_DEBUG=1 shows the monitor's debug log (boot phases).

@@ -1,9 +1,9 @@
 // Command cumulusdb is the CumulusDB server: the PostgreSQL protocol on
-// -listen, the database in -data. As a Linux process it serves until
-// SIGINT/SIGTERM. Inside the unikernel image there is no network device
-// yet (the devices issue adds it): the program then reports the machine it
-// booted on, says that it cannot listen, runs a short SQL session against
-// its database (localSession) and exits 0.
+// -listen, the database in -data. It serves until SIGINT/SIGTERM, as a
+// Linux process or inside an image (`cumulus up` publishes its port). In
+// an image built without the network service, where it cannot listen, it
+// runs a short SQL session against its database instead (localSession)
+// and exits 0.
 package main
 
 import (
@@ -11,9 +11,12 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net"
+	"net/netip"
 	"os"
 	"os/signal"
 	"runtime"
+	"strings"
 	"syscall"
 	"time"
 
@@ -24,12 +27,28 @@ func main() {
 	listen := flag.String("listen", "127.0.0.1:5432", "address to serve the PostgreSQL protocol on")
 	data := flag.String("data", "cumulus-data", "data directory")
 	password := flag.String("password", "", "require SCRAM-SHA-256 with this password (default: trust loopback)")
+	trust := flag.String("trust", "", "comma-separated client networks trusted without a password besides loopback (e.g. 10.0.2.2/32: the monitor, inside an image)")
 	flag.Parse()
+	var trusted []netip.Prefix
+	for _, s := range strings.Split(*trust, ",") {
+		if s = strings.TrimSpace(s); s == "" {
+			continue
+		}
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "cumulusdb: -trust: %v\n", err)
+			os.Exit(2)
+		}
+		trusted = append(trusted, p)
+	}
 	start := time.Now()
 	fmt.Printf("cumulusdb: booted; GOMAXPROCS=%d, Go %s\n", runtime.GOMAXPROCS(0), runtime.Version())
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	err := pgwire.Run(ctx, pgwire.Config{Listen: *listen, DataDir: *data, Password: *password})
+	err := pgwire.Run(ctx, pgwire.Config{Listen: *listen, DataDir: *data, Password: *password, Trust: trusted,
+		Ready: func(a net.Addr) {
+			fmt.Printf("cumulusdb: serving the PostgreSQL protocol on %v after %v\n", a, time.Since(start).Round(time.Millisecond))
+		}})
 	switch {
 	case err == nil:
 	case errors.Is(err, pgwire.ErrListen) && noNetwork(err):

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 
@@ -18,8 +19,12 @@ type Config struct {
 	Listen   string // host:port
 	DataDir  string // the database file is DataDir/cumulus.db
 	Password string // enables SCRAM-SHA-256
-	PoolSize int64  // buffer pool bytes (0: engine default)
-	WALSize  int64  // log ring bytes for a new database (0: 256 MiB)
+	// Trust lists client networks trusted without a password besides
+	// loopback (inside an image, the monitor's address: connections
+	// through published ports come from it).
+	Trust    []netip.Prefix
+	PoolSize int64 // buffer pool bytes (0: engine default)
+	WALSize  int64 // log ring bytes for a new database (0: 256 MiB)
 	Logger   *slog.Logger
 	// Ready, if set, receives the listening address once serving.
 	Ready func(addr net.Addr)
@@ -56,7 +61,7 @@ func Run(ctx context.Context, cfg Config) error {
 		db.Close()
 		return fmt.Errorf("pgwire: %w", err)
 	}
-	srv := &Server{Engine: eng, Password: cfg.Password, Logger: cfg.Logger}
+	srv := &Server{Engine: eng, Password: cfg.Password, Trust: cfg.Trust, Logger: cfg.Logger}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	cfg.Logger.Info("cumulusdb: serving", "listen", ln.Addr().String(), "data", cfg.DataDir, "scram", cfg.Password != "")

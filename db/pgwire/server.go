@@ -17,6 +17,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"strings"
 	"sync"
 
@@ -37,7 +38,9 @@ type Server struct {
 	// connection; otherwise loopback connections are trusted and others
 	// refused.
 	Password string
-	Logger   *slog.Logger
+	// Trust: client networks trusted like loopback when Password is empty.
+	Trust  []netip.Prefix
+	Logger *slog.Logger
 
 	mu       sync.Mutex
 	ln       net.Listener
@@ -204,6 +207,25 @@ func (c *conn) fatal(code, msg string) error {
 	return c.be.Flush()
 }
 
+// trusted reports whether a is in one of the Trust networks.
+func (s *Server) trusted(a net.Addr) bool {
+	t, ok := a.(*net.TCPAddr)
+	if !ok {
+		return false
+	}
+	ip, ok := netip.AddrFromSlice(t.IP)
+	if !ok {
+		return false
+	}
+	ip = ip.Unmap()
+	for _, p := range s.Trust {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}
+
 func isLoopback(a net.Addr) bool {
 	switch t := a.(type) {
 	case *net.TCPAddr:
@@ -232,7 +254,7 @@ func (c *conn) startSession(m *pgproto3.StartupMessage) (bool, error) {
 			c.fatal(sqlerr.InvalidPassword, fmt.Sprintf("password authentication failed for user %q", user))
 			return false, err
 		}
-	} else if !isLoopback(c.nc.RemoteAddr()) {
+	} else if !isLoopback(c.nc.RemoteAddr()) && !c.srv.trusted(c.nc.RemoteAddr()) {
 		return false, c.fatal(sqlerr.InvalidAuthorization, "no password configured: only loopback connections are trusted (start the server with --password)")
 	}
 	c.sess = c.srv.Engine.NewSession()

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -372,4 +373,18 @@ func FuzzMessages(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestTrusted: without a password, loopback and the Trust networks are
+// trusted, others are not.
+func TestTrusted(t *testing.T) {
+	s := &Server{Trust: []netip.Prefix{netip.MustParsePrefix("10.0.2.2/32")}}
+	for _, c := range []struct {
+		ip   string
+		want bool
+	}{{"10.0.2.2", true}, {"10.0.2.3", false}, {"::ffff:10.0.2.2", true}} {
+		if got := s.trusted(&net.TCPAddr{IP: net.ParseIP(c.ip), Port: 1}); got != c.want {
+			t.Errorf("trusted(%s) = %v, want %v", c.ip, got, c.want)
+		}
+	}
 }
