@@ -26,6 +26,7 @@ import (
 func main() {
 	listen := flag.String("listen", "127.0.0.1:5432", "address to serve the PostgreSQL protocol on")
 	data := flag.String("data", "cumulus-data", "data directory")
+	device := flag.String("device", "", "block device or file holding the database instead of DATA/cumulus.db (inside an image: /dev/vda, the disk of `cumulus run -disk`)")
 	password := flag.String("password", "", "require SCRAM-SHA-256 with this password (default: trust loopback)")
 	trust := flag.String("trust", "", "comma-separated client networks trusted without a password besides loopback (e.g. 10.0.2.2/32: the monitor, inside an image)")
 	flag.Parse()
@@ -45,7 +46,7 @@ func main() {
 	fmt.Printf("cumulusdb: booted; GOMAXPROCS=%d, Go %s\n", runtime.GOMAXPROCS(0), runtime.Version())
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	err := pgwire.Run(ctx, pgwire.Config{Listen: *listen, DataDir: *data, Password: *password, Trust: trusted,
+	err := pgwire.Run(ctx, pgwire.Config{Listen: *listen, DataDir: *data, Device: *device, Password: *password, Trust: trusted,
 		Ready: func(a net.Addr) {
 			fmt.Printf("cumulusdb: serving the PostgreSQL protocol on %v after %v\n", a, time.Since(start).Round(time.Millisecond))
 		}})

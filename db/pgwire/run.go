@@ -18,6 +18,10 @@ import (
 type Config struct {
 	Listen   string // host:port
 	DataDir  string // the database file is DataDir/cumulus.db
+	// Device, if set, holds the database instead of DataDir/cumulus.db:
+	// a block device through kapi ("/dev/vda" inside an image: the
+	// virtio disk) or a file.
+	Device string
 	Password string // enables SCRAM-SHA-256
 	// Trust lists client networks trusted without a password besides
 	// loopback (inside an image, the monitor's address: connections
@@ -45,14 +49,18 @@ func Run(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("%w on %s: %w", ErrListen, cfg.Listen, err)
 	}
 	defer ln.Close()
-	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
-		return fmt.Errorf("pgwire: data directory: %w", err)
+	path := cfg.Device
+	if path == "" {
+		if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
+			return fmt.Errorf("pgwire: data directory: %w", err)
+		}
+		path = filepath.Join(cfg.DataDir, "cumulus.db")
 	}
 	walSize := cfg.WALSize
 	if walSize == 0 {
 		walSize = 256 << 20
 	}
-	db, err := storage.Open(filepath.Join(cfg.DataDir, "cumulus.db"), &storage.Options{PoolSize: cfg.PoolSize, WALSize: walSize, Logger: cfg.Logger})
+	db, err := storage.Open(path, &storage.Options{PoolSize: cfg.PoolSize, WALSize: walSize, Logger: cfg.Logger})
 	if err != nil {
 		return fmt.Errorf("pgwire: open database: %w", err)
 	}
