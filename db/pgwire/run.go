@@ -16,12 +16,12 @@ import (
 
 // Config configures Run.
 type Config struct {
-	Listen   string // host:port
-	DataDir  string // the database file is DataDir/cumulus.db
+	Listen  string // host:port
+	DataDir string // the database file is DataDir/cumulus.db
 	// Device, if set, holds the database instead of DataDir/cumulus.db:
 	// a block device through kapi ("/dev/vda" inside an image: the
 	// virtio disk) or a file.
-	Device string
+	Device   string
 	Password string // enables SCRAM-SHA-256
 	// Trust lists client networks trusted without a password besides
 	// loopback (inside an image, the monitor's address: connections
