@@ -4,6 +4,7 @@ import (
 	"fmt"
 
 	"github.com/cumulusdb/cumulus/kernel/boot"
+	"github.com/cumulusdb/cumulus/vmm/usernet"
 	"github.com/cumulusdb/cumulus/vmm/virtio"
 	"github.com/cumulusdb/cumulus/vmm/virtio/blk"
 )
@@ -27,6 +28,7 @@ type PortForward struct {
 type DeviceStats struct {
 	Name string
 	virtio.Stats
+	Net *usernet.Stats `json:",omitempty"` // eth0: the user-mode network behind it
 }
 
 // attachDevices creates the devices Config asks for (virtio block and
@@ -79,7 +81,7 @@ func (m *machine) deviceStats() []DeviceStats {
 	var out []DeviceStats
 	for _, d := range m.devs {
 		if t, ok := d.dev.(*virtio.Transport); ok {
-			out = append(out, DeviceStats{Name: d.name, Stats: t.Stats()})
+			out = append(out, DeviceStats{Name: d.name, Stats: t.Stats(), Net: netStats(t.Device())})
 		}
 	}
 	return out

@@ -243,3 +243,17 @@ const (
 	SymKCallEntry   = SymPrefix + "kcallEntry.abi0"
 	SymCallSyscall  = SymPrefix + "callSyscallEntry.abi0"
 )
+
+// User-mode network behind eth0 (cumulus run -net, -p). The monitor's
+// network stack is the gateway; the guest configures itself statically
+// with these (there is no DHCP). Guest TCP ports published with -p are
+// reached at GuestIP; guest connections to GatewayIP:P reach the host's
+// 127.0.0.1:P. The device's MAC (VIRTIO_NET_F_MAC) is GuestMAC.
+const (
+	GuestIP    = "10.0.2.15"
+	GatewayIP  = "10.0.2.2"
+	NetPrefix  = 24 // 10.0.2.0/24
+	GuestMAC   = "52:54:00:12:34:56"
+	GatewayMAC = "52:54:00:12:34:02"
+	NetMTU     = 1500 // IP MTU (VIRTIO_NET_F_MTU); frames are at most NetMTU+14 bytes
+)

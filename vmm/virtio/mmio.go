@@ -110,6 +110,9 @@ func NewTransport(dev Device, mem Memory, irq func(), log *slog.Logger) *Transpo
 	return t
 }
 
+// Device is the device model behind the window.
+func (t *Transport) Device() Device { return t.dev }
+
 // Features is everything the device offers.
 func (t *Transport) Features() uint64 { return t.dev.Features() | FVersion1 | FRingEventIdx }
 
