@@ -123,19 +123,25 @@ func Open(db *storage.DB) (*Catalog, error) {
 		} else if err != nil {
 			return err
 		}
-		if err := tx.Scan(meta, []byte("table/"), []byte("table0"), func(k, v []byte) bool {
-			var t Table
-			if e := json.Unmarshal(v, &t); e != nil {
-				err = fmt.Errorf("catalog: decode %q: %w", k, e)
-				return false
-			}
-			c.tables[t.Name] = &t
+		// Collect the heads first: continuation chunks are read with Get,
+		// which must not run inside a scan callback.
+		heads := map[string][]byte{}
+		if err := tx.Scan(meta, []byte(tablePrefix), []byte("table0"), func(k, v []byte) bool {
+			heads[string(k[len(tablePrefix):])] = append([]byte(nil), v...)
 			return true
 		}); err != nil {
 			return err
 		}
-		if err != nil {
-			return err
+		for name, head := range heads {
+			b, err := readRecord(tx, meta, name, head)
+			if err != nil {
+				return err
+			}
+			var t Table
+			if e := json.Unmarshal(b, &t); e != nil {
+				return fmt.Errorf("catalog: decode table %q: %w", name, e)
+			}
+			c.tables[t.Name] = &t
 		}
 		v, ok, err := tx.Get(meta, []byte("row_epoch"))
 		if err != nil {
@@ -246,15 +252,11 @@ func (c *Catalog) Put(tx *storage.Tx, ch *Changes, t *Table) error {
 	if err != nil {
 		return err
 	}
-	key := []byte("table/" + t.Name)
-	if _, _, err := tx.Get(m, key); err != nil { // joins the read set: concurrent DDL conflicts
-		return fmt.Errorf("catalog: put %q: %w", t.Name, err)
-	}
 	b, err := json.Marshal(t)
 	if err != nil {
 		return fmt.Errorf("catalog: put %q: %w", t.Name, err)
 	}
-	if err := tx.Put(m, key, b); err != nil {
+	if err := writeRecord(tx, m, t.Name, b); err != nil {
 		return fmt.Errorf("catalog: put %q: %w", t.Name, err)
 	}
 	if ch.tables == nil {
@@ -271,11 +273,7 @@ func (c *Catalog) Drop(tx *storage.Tx, ch *Changes, name string) error {
 	if err != nil {
 		return err
 	}
-	key := []byte("table/" + name)
-	if _, _, err := tx.Get(m, key); err != nil {
-		return fmt.Errorf("catalog: drop %q: %w", name, err)
-	}
-	if err := tx.Delete(m, key); err != nil {
+	if err := writeRecord(tx, m, name, nil); err != nil {
 		return fmt.Errorf("catalog: drop %q: %w", name, err)
 	}
 	if ch.tables == nil {
@@ -304,3 +302,100 @@ func (c *Catalog) Publish(ch *Changes) {
 
 // NormalizeName folds an identifier as PostgreSQL does for unquoted names.
 func NormalizeName(s string) string { return strings.ToLower(s) }
+
+// A table's record lives under tablePrefix+name. The engine bounds a key
+// plus its value to about 1 KiB (no overflow pages), which a wide table's
+// JSON (TPC-C's customer: 21 columns) exceeds, so larger records are split:
+// the head then starts with chunkedMark and a big-endian uint16 count of
+// continuation chunks, stored under chunkPrefix+name+"/"+index. A plain
+// record is JSON and starts with '{', so records written before chunking
+// read unchanged.
+const (
+	tablePrefix = "table/"
+	chunkPrefix = "tchunk/"
+	chunkedMark = 0x01
+	// chunkSize leaves room in MaxEntrySize for the key (names are short:
+	// identifiers are at most 63 bytes in PostgreSQL) and the head's
+	// 3-byte header.
+	chunkSize = storage.MaxEntrySize - 256
+)
+
+func chunkKey(name string, i int) []byte {
+	return fmt.Appendf(nil, "%s%s/%d", chunkPrefix, name, i)
+}
+
+// chunkCount returns how many continuation chunks the head value has.
+func chunkCount(head []byte) int {
+	if len(head) >= 3 && head[0] == chunkedMark {
+		return int(binary.BigEndian.Uint16(head[1:3]))
+	}
+	return 0
+}
+
+// readRecord reassembles the record whose head value is head.
+func readRecord(tx *storage.Tx, m *storage.Table, name string, head []byte) ([]byte, error) {
+	n := chunkCount(head)
+	if n == 0 {
+		return head, nil
+	}
+	b := append([]byte(nil), head[3:]...)
+	for i := 1; i <= n; i++ {
+		v, ok, err := tx.Get(m, chunkKey(name, i))
+		if err != nil {
+			return nil, fmt.Errorf("catalog: table %q chunk %d: %w", name, i, err)
+		}
+		if !ok {
+			return nil, fmt.Errorf("catalog: table %q: chunk %d of %d missing", name, i, n)
+		}
+		b = append(b, v...)
+	}
+	return b, nil
+}
+
+// writeRecord replaces the record of table name with b (nil: deletes it),
+// removing continuation chunks the new record no longer uses. Reading the
+// old head first puts it in the read set, so concurrent DDL on the same
+// table conflicts at commit.
+func writeRecord(tx *storage.Tx, m *storage.Table, name string, b []byte) error {
+	if len(name) > 200 { // keeps key + head within MaxEntrySize (see chunkSize)
+		return fmt.Errorf("table name of %d bytes is too long", len(name))
+	}
+	key := []byte(tablePrefix + name)
+	old, _, err := tx.Get(m, key)
+	if err != nil {
+		return err
+	}
+	oldChunks := chunkCount(old)
+	newChunks := 0
+	switch {
+	case b == nil:
+		if err := tx.Delete(m, key); err != nil {
+			return err
+		}
+	case len(b) <= chunkSize:
+		if err := tx.Put(m, key, b); err != nil {
+			return err
+		}
+	default:
+		newChunks = (len(b) - 1) / chunkSize // the head holds the first chunk
+		if newChunks > 0xffff {
+			return fmt.Errorf("record of %d bytes is too large", len(b))
+		}
+		head := append([]byte{chunkedMark, byte(newChunks >> 8), byte(newChunks)}, b[:chunkSize]...)
+		if err := tx.Put(m, key, head); err != nil {
+			return err
+		}
+		for i := 1; i <= newChunks; i++ {
+			part := b[i*chunkSize : min((i+1)*chunkSize, len(b))]
+			if err := tx.Put(m, chunkKey(name, i), part); err != nil {
+				return err
+			}
+		}
+	}
+	for i := newChunks + 1; i <= oldChunks; i++ {
+		if err := tx.Delete(m, chunkKey(name, i)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
