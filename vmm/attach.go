@@ -2,6 +2,9 @@ package vmm
 
 import (
 	"fmt"
+	"net"
+	"strconv"
+	"strings"
 
 	"github.com/cumulusdb/cumulus/kernel/boot"
 	"github.com/cumulusdb/cumulus/vmm/usernet"
@@ -85,4 +88,47 @@ func (m *machine) deviceStats() []DeviceStats {
 		}
 	}
 	return out
+}
+
+// ParsePortForward reads cumulus run -p: [HOSTADDR:]HOSTPORT:GUESTPORT
+// (an IPv6 HOSTADDR in brackets).
+func ParsePortForward(s string) (PortForward, error) {
+	bad := func() (PortForward, error) {
+		return PortForward{}, fmt.Errorf("bad port forward %q (want [HOSTADDR:]HOSTPORT:GUESTPORT)", s)
+	}
+	i := strings.LastIndexByte(s, ':')
+	if i < 0 {
+		return bad()
+	}
+	guest, err := strconv.Atoi(s[i+1:])
+	if err != nil || guest < 1 || guest > 65535 {
+		return bad()
+	}
+	hostPart := s[:i]
+	var addr, port string
+	if strings.ContainsRune(hostPart, ':') {
+		if addr, port, err = net.SplitHostPort(hostPart); err != nil {
+			return bad()
+		}
+	} else {
+		port = hostPart
+	}
+	host, err := strconv.Atoi(port)
+	if err != nil || host < 0 || host > 65535 {
+		return bad()
+	}
+	return PortForward{HostAddr: addr, HostPort: host, GuestPort: guest}, nil
+}
+
+// ParseDisk reads cumulus run -disk: PATH[:ro]. size is the size of the
+// file if it must be created.
+func ParseDisk(s string, size int64) (Disk, error) {
+	d := Disk{Path: s, Size: size}
+	if p, ok := strings.CutSuffix(s, ":ro"); ok {
+		d.Path, d.ReadOnly, d.Size = p, true, 0
+	}
+	if d.Path == "" {
+		return Disk{}, fmt.Errorf("bad disk %q (want PATH[:ro])", s)
+	}
+	return d, nil
 }

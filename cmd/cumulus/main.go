@@ -22,6 +22,7 @@ import (
 
 	"github.com/cumulusdb/cumulus/bench/alloc"
 	"github.com/cumulusdb/cumulus/bench/core"
+	"github.com/cumulusdb/cumulus/kernel/boot"
 	"github.com/cumulusdb/cumulus/vmm"
 	"github.com/cumulusdb/cumulus/vmm/build"
 	"github.com/cumulusdb/cumulus/vmm/kvm"
@@ -34,8 +35,9 @@ func usage() {
   cumulus image [-o FILE] [PATH]             build a bootable image from a Go main package
                                              (PATH: directory, package, or linux/amd64 ELF;
                                              default: the CumulusDB server)
-  cumulus run [-cpus N] [-mem SIZE] [-timeout D] [-stats] IMAGE [-- ARGS...]
-                                             boot IMAGE under KVM; its exit status is ours
+  cumulus run [-cpus N] [-mem SIZE] [-timeout D] [-stats] [-v HOST:GUEST[:ro]]...
+              [-disk PATH[:ro]]... [-disk-size SIZE] [-net] [-p [HOSTADDR:]HOSTPORT:GUESTPORT]...
+              IMAGE [-- ARGS...]             boot IMAGE under KVM; its exit status is ours
   cumulus test [go test flags] PACKAGES      run package tests inside images
   cumulus bench core [-cpus N] [-out DIR]    kernel-entry micro-benchmarks, image vs Linux
   cumulus bench presence [-out DIR]          page-presence checks: page-table walk vs mincore/pagemap
@@ -152,6 +154,10 @@ type runFlags struct {
 	workdir     string
 	reclaim     bool
 	keepSyscall bool
+	disks       multiFlag
+	diskSize    string
+	ports       multiFlag
+	net         bool
 }
 
 type multiFlag []string
@@ -169,6 +175,10 @@ func (rf *runFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&rf.workdir, "w", "/", "the guest's working directory")
 	fs.BoolVar(&rf.reclaim, "reclaim", true, "munmap/MADV_DONTNEED of 256 KiB or more return frames to the allocator (TLB shootdowns); false zeroes them in place")
 	fs.BoolVar(&rf.keepSyscall, "keep-syscall", false, "do not rewrite the program's SYSCALL sites into direct kernel calls")
+	fs.Var(&rf.disks, "disk", "attach a host file as a virtio block device: PATH[:ro] (repeatable; /dev/vda, /dev/vdb, ... in order)")
+	fs.StringVar(&rf.diskSize, "disk-size", "1G", "size of a -disk file that does not exist yet (created sparse)")
+	fs.Var(&rf.ports, "p", "publish a guest TCP port on the host: [HOSTADDR:]HOSTPORT:GUESTPORT (repeatable; implies -net)")
+	fs.BoolVar(&rf.net, "net", false, "attach a virtio network device (eth0, "+boot.GuestIP+"/24) behind the monitor's user-mode network (gateway "+boot.GatewayIP+"; guest connections to it reach the host's 127.0.0.1)")
 }
 
 func (rf *runFlags) config(args []string) (vmm.Config, error) {
@@ -186,7 +196,31 @@ func (rf *runFlags) config(args []string) (vmm.Config, error) {
 		}
 		shares = append(shares, sh)
 	}
+	diskSize, err := parseSize(rf.diskSize)
+	if err != nil {
+		return vmm.Config{}, fmt.Errorf("-disk-size: %w", err)
+	}
+	var disks []vmm.Disk
+	for _, s := range rf.disks {
+		d, err := vmm.ParseDisk(s, int64(diskSize))
+		if err != nil {
+			return vmm.Config{}, err
+		}
+		if _, err := os.Stat(d.Path); errors.Is(err, os.ErrNotExist) && !d.ReadOnly {
+			fmt.Fprintf(os.Stderr, "cumulus: creating disk %s (%s)\n", d.Path, rf.diskSize)
+		}
+		disks = append(disks, d)
+	}
+	var ports []vmm.PortForward
+	for _, s := range rf.ports {
+		p, err := vmm.ParsePortForward(s)
+		if err != nil {
+			return vmm.Config{}, err
+		}
+		ports = append(ports, p)
+	}
 	return vmm.Config{
+		Disks: disks, Net: rf.net, Ports: ports,
 		CPUs: rf.cpus, MemBytes: mem, Timeout: rf.timeout, Args: args, Env: env,
 		Shares: shares, Cwd: rf.workdir, KeepFrames: !rf.reclaim, KeepSyscall: rf.keepSyscall,
 		Log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: logLevel()})),

@@ -15,9 +15,16 @@ import (
 	"github.com/cumulusdb/cumulus/vmm/virtio"
 )
 
-// Driver drives one Transport.
+// Window is a device's register window (a *virtio.Transport, or a path
+// to one through a monitor's MMIO dispatch).
+type Window interface {
+	MMIORead(off uint64, data []byte)
+	MMIOWrite(off uint64, data []byte)
+}
+
+// Driver drives one device.
 type Driver struct {
-	T   *virtio.Transport
+	T   Window
 	Mem virtio.Memory
 	Q   []*DQueue
 
@@ -44,7 +51,7 @@ type DQueue struct {
 }
 
 // New makes a driver whose allocations start at base.
-func New(t *virtio.Transport, mem virtio.Memory, base uint64) *Driver {
+func New(t Window, mem virtio.Memory, base uint64) *Driver {
 	return &Driver{T: t, Mem: mem, next: base}
 }
 
