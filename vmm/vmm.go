@@ -83,15 +83,16 @@ type Stats struct {
 	IntrExits         uint64
 	TicksDelivered    uint64
 	TicksDeferred     uint64
-	TLBFlushes        uint64 // per-vCPU TLB flushes run by the monitor (privop)
-	FlushRetries      uint64 // flush stubs PVM refused or faulted, retried
-	DeviceIRQs        uint64 // device interrupts the kernel handled
-	MMIOExits         uint64 // device register accesses (each a VM exit)
-	PatchedSyscalls   int    // SYSCALL sites rewritten into direct calls
-	Shootdowns        uint64 // kernel requests to flush every vCPU
-	FramesReclaimed   uint64 // 4 KiB frames returned by munmap/MADV_DONTNEED
-	PFRetries         uint64 // page faults retried because CR2 read back unusable (PVM)
-	Syscalls          uint64 // kernel entries by SYSCALL
+	TLBFlushes        uint64        // per-vCPU TLB flushes run by the monitor (privop)
+	FlushRetries      uint64        // flush stubs PVM refused or faulted, retried
+	DeviceIRQs        uint64        // device interrupts the kernel handled
+	Devices           []DeviceStats `json:",omitempty"` // per device (attach.go)
+	MMIOExits         uint64        // device register accesses (each a VM exit)
+	PatchedSyscalls   int           // SYSCALL sites rewritten into direct calls
+	Shootdowns        uint64        // kernel requests to flush every vCPU
+	FramesReclaimed   uint64        // 4 KiB frames returned by munmap/MADV_DONTNEED
+	PFRetries         uint64        // page faults retried because CR2 read back unusable (PVM)
+	Syscalls          uint64        // kernel entries by SYSCALL
 	SyscallsByNr      map[int]uint64
 	UnknownSyscall    uint64
 	Switches          uint64
@@ -968,6 +969,7 @@ func (m *machine) collectStats() Stats {
 		s.Shootdowns, s.FramesReclaimed = w(524), w(525)
 		s.PFRetries, s.DeviceIRQs = w(526), w(527)
 	}
+	s.Devices = m.deviceStats()
 	return s
 }
 

@@ -70,9 +70,10 @@ func main() {
 	modes := flag.String("modes", "simple,prepared", "pgbench query modes (-M), comma separated")
 	pgBin := flag.String("pgbin", "/usr/lib/postgresql/15/bin", "PostgreSQL server binaries")
 	skipPG := flag.Bool("skip-postgres", false, "measure CumulusDB only")
+	image := flag.Bool("image", true, "also measure CumulusDB inside the image (KVM: virtio disk, published port)")
 	flag.Parse()
 	if err := run(*out, config{Scale: *scale, Clients: *clients, Threads: *threads, Duration: duration.String(), Modes: *modes, CPUs: runtime.NumCPU()},
-		*duration, *pgBin, *skipPG); err != nil {
+		*duration, *pgBin, *skipPG, *image); err != nil {
 		fmt.Fprintln(os.Stderr, "pgbench:", err)
 		os.Exit(1)
 	}
@@ -87,7 +88,7 @@ func freePort() (int, error) {
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
-func run(out string, cfg config, dur time.Duration, pgBin string, skipPG bool) error {
+func run(out string, cfg config, dur time.Duration, pgBin string, skipPG, image bool) error {
 	if err := os.MkdirAll(out, 0o755); err != nil {
 		return err
 	}
@@ -138,6 +139,17 @@ func run(out string, cfg config, dur time.Duration, pgBin string, skipPG bool) e
 		os.RemoveAll(filepath.Join(tmp, fmt.Sprintf("cumulus%d", i)))
 	}
 
+	if image {
+		for i, mode := range modes {
+			r, err := measureImage(pgbench, mode, cfg, dur, filepath.Join(tmp, fmt.Sprintf("disk%d.img", i)))
+			if err != nil {
+				return fmt.Errorf("image: %w", err)
+			}
+			rep.Results = append(rep.Results, r)
+			printResult(r)
+		}
+	}
+
 	if !skipPG {
 		stop, pgPort, err := startPostgres(pgBin, tmp)
 		if err != nil {
@@ -154,10 +166,13 @@ func run(out string, cfg config, dur time.Duration, pgBin string, skipPG bool) e
 		}
 		stop()
 		for _, mode := range modes {
-			var c, p float64
+			var c, p, im float64
 			for _, r := range rep.Results {
 				if r.Mode == mode && r.System == "cumulusdb" {
 					c = r.TPS
+				}
+				if r.Mode == mode && r.System == "cumulusdb-image" {
+					im = r.TPS
 				}
 				if r.Mode == mode && r.System == "postgresql-15" {
 					p = r.TPS
@@ -166,6 +181,10 @@ func run(out string, cfg config, dur time.Duration, pgBin string, skipPG bool) e
 			if p > 0 {
 				rep.Ratios[mode] = c / p
 				fmt.Printf("ratio CumulusDB/PostgreSQL TPS (%s protocol): %.2f\n", mode, c/p)
+				if im > 0 {
+					rep.Ratios[mode+"-image"] = im / p
+					fmt.Printf("ratio CumulusDB in the image/PostgreSQL TPS (%s protocol): %.2f\n", mode, im/p)
+				}
 			}
 		}
 	}

@@ -22,6 +22,7 @@ import (
 
 	"github.com/cumulusdb/cumulus/bench/alloc"
 	"github.com/cumulusdb/cumulus/bench/core"
+	netbench "github.com/cumulusdb/cumulus/bench/net"
 	"github.com/cumulusdb/cumulus/kernel/boot"
 	"github.com/cumulusdb/cumulus/vmm"
 	"github.com/cumulusdb/cumulus/vmm/build"
@@ -389,6 +390,19 @@ func cmdBench(args []string) error {
 			fmt.Printf("%s: image %.0f checks/s vs linux %.0f checks/s = %.0fx\n", r.Name, 1e9/r.ImageNs, 1e9/r.LinuxNs, r.LinuxNs/r.ImageNs)
 		}
 		fmt.Fprintf(os.Stderr, "cumulus: wrote %s/presence.json and %s/presence.png\n", *out, *out)
+		return nil
+	case "net":
+		fs := flag.NewFlagSet("bench net", flag.ExitOnError)
+		out := fs.String("out", "out/bench", "directory for net.json and net.png")
+		n := fs.Int("requests", 5000, "request/response round trips")
+		mib := fs.Int("bulk", 256, "bulk transfer MiB")
+		fs.Parse(args[1:])
+		rep, err := netbench.Run(netbench.Options{Requests: *n, BulkMiB: *mib, OutDir: *out, Progress: os.Stderr})
+		if err != nil {
+			return err
+		}
+		fmt.Print(rep.Table())
+		fmt.Fprintf(os.Stderr, "cumulus: wrote %s/net.json and %s/net.png\n", *out, *out)
 		return nil
 	case "core":
 		fs := flag.NewFlagSet("bench core", flag.ExitOnError)

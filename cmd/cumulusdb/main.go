@@ -21,6 +21,9 @@ import (
 	"time"
 
 	"github.com/cumulusdb/cumulus/db/pgwire"
+	// Inside an image, kapi's direct implementation (frames, the virtio
+	// disk) replaces Linux's: it registers itself and probes at start.
+	_ "github.com/cumulusdb/cumulus/kapi/unikernel"
 )
 
 func main() {

@@ -16,8 +16,10 @@ import (
 	"os"
 	"sync/atomic"
 	"syscall"
+	"time"
 	"unsafe"
 
+	glog "gvisor.dev/gvisor/pkg/log"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/link/loopback"
 	"gvisor.dev/gvisor/pkg/tcpip/network/arp"
@@ -39,6 +41,12 @@ func main() {
 		os.Exit(2)
 	}
 	shared := (*boot.SvcShared)(ptr(r))
+	if !debug {
+		// gVisor reports dropped segments (a SYN racing a listener's
+		// start, say) as warnings on stderr: they would land in the
+		// program's output.
+		glog.SetTarget(quiet{})
+	}
 	st, err := newStack()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "netsvc: %v\n", err)
@@ -103,5 +111,10 @@ func newStack() (*stack.Stack, error) {
 	st.SetRouteTable(append(routes, nicRoutes...))
 	return st, nil
 }
+
+// quiet drops gVisor's log messages.
+type quiet struct{}
+
+func (quiet) Emit(int, glog.Level, time.Time, string, ...any) {}
 
 func ptr(a uintptr) unsafe.Pointer { return *(*unsafe.Pointer)(unsafe.Pointer(&a)) }
