@@ -337,7 +337,7 @@ func (m *machine) setup(img *Image) error {
 	rsp := m.buildStack(pf, m.layout.mainStack+boot.MainStackSize, m.cfg.Args, m.cfg.Env)
 	var svcRSP uint64
 	if svcFile != nil {
-		svcRSP = m.buildStack(svcFile, m.svcPA+m.svcEnd+boot.NetsvcStack, []string{"netsvc"}, nil)
+		svcRSP = m.buildStack(svcFile, m.svcPA+m.svcEnd+boot.NetsvcStack, []string{"netsvc"}, []string{"GOMAXPROCS=1"})
 	}
 	m.cfg.Log.Debug("vmm: tables built", "elapsed", time.Since(m.start))
 

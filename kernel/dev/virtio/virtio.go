@@ -107,6 +107,12 @@ var ErrQueueFull = errors.New("virtio: queue full")
 // Device is one virtio device being driven. Its methods run setup; the
 // per-request work is on Queue.
 type Device struct {
+	// AckWakeups writes InterruptACK after each wake-up on the
+	// interrupt, for device models that hold an interrupt until it is
+	// acknowledged. CumulusDB's monitor raises one per event, so it is
+	// off by default.
+	AckWakeups bool
+
 	t        Transport
 	irq      Interrupt
 	id       uint32

@@ -227,7 +227,14 @@ func TestNotificationSuppression(t *testing.T) {
 func TestWaitInterrupt(t *testing.T) {
 	for _, want := range []uint64{0, virtio.FEventIdx} {
 		fd, mem := newDev(t, virtio.FEventIdx, 16)
-		_, q := openQueue(t, fd, mem, want, 16)
+		d, q := openQueue(t, fd, mem, want, 16)
+		// Our monitor needs no InterruptACK; models that hold the
+		// interrupt until acknowledged get one per wake-up.
+		d.AckWakeups = want != 0
+		wantAcks := int64(0)
+		if d.AckWakeups {
+			wantAcks = 1
+		}
 		q.SpinTime = 0
 		buf, _ := mem.Alloc(4096)
 		if q.Wait(5 * time.Millisecond) {
@@ -253,7 +260,7 @@ func TestWaitInterrupt(t *testing.T) {
 		if time.Since(start) > 2*time.Second {
 			t.Fatal("Wait was not woken by the interrupt")
 		}
-		if fd.Interrupts.Load() != 1 || q.Stats().Wakeups != 1 || fd.Acks.Load() != 1 {
+		if fd.Interrupts.Load() != 1 || q.Stats().Wakeups != 1 || int64(fd.Acks.Load()) != wantAcks {
 			t.Fatalf("interrupts %d, stats %+v, acks %d", fd.Interrupts.Load(), q.Stats(), fd.Acks.Load())
 		}
 		out := make([]virtio.Used, 4)
