@@ -133,6 +133,9 @@ func sysWriteFD(c int, cur int32, fd int, a, n uintptr) int64 {
 	case fdNull:
 		return int64(n)
 	case fdSocket:
+		if !bufOK(a, n) {
+			return -_EFAULT
+		}
 		return sockIO(c, cur, fd, boot.SvcWrite, boot.SvcFlat, 0, a, n, 0, 0)
 	case fdHost:
 		if !hostBuf(a, n) {
@@ -145,6 +148,9 @@ func sysWriteFD(c int, cur int32, fd int, a, n uintptr) int64 {
 
 func sysWritevFD(c int, cur int32, fd int, iov uintptr, cnt int) int64 {
 	if fd >= 0 && fd < maxFDs && fds[fd].kind == fdSocket {
+		if cnt < 0 || !iovOK(iov, uintptr(cnt)) {
+			return -_EFAULT
+		}
 		return sockIO(c, cur, fd, boot.SvcWrite, 0, 0, iov, uintptr(cnt), 0, 0)
 	}
 	var total int64
@@ -175,6 +181,9 @@ func sysReadFD(c int, cur int32, fd int, a, n uintptr) int64 {
 	case fdNull:
 		return 0
 	case fdSocket:
+		if !bufOK(a, n) {
+			return -_EFAULT
+		}
 		return sockIO(c, cur, fd, boot.SvcRead, boot.SvcFlat, 0, a, n, 0, 0)
 	case fdHost:
 		if !hostBuf(a, n) {

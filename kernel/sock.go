@@ -315,6 +315,41 @@ func svcWait(c int, cur int32, seen uint32) int64 {
 	return blocked
 }
 
+// Argument checks. The service dereferences the caller's pointers
+// directly, so every buffer is checked (and faulted in) here first: a bad
+// pointer gets EFAULT, as on Linux, instead of a fault in the service.
+
+// bufOK: [a, a+n) is program memory (n == 0 is always fine).
+func bufOK(a, n uintptr) bool { return n == 0 || userRange(a, n) }
+
+// lenBufOK: lenp points at a socklen_t and a at that many bytes (both
+// optional when a is 0).
+func lenBufOK(a, lenp uintptr) bool {
+	if a == 0 {
+		return true
+	}
+	if !userRange(lenp, 4) {
+		return false
+	}
+	return bufOK(a, uintptr(*u32(lenp)))
+}
+
+// iovOK checks an iovec array and every buffer in it.
+func iovOK(iov, cnt uintptr) bool {
+	if cnt > 1024 {
+		return false
+	}
+	if !bufOK(iov, cnt*16) {
+		return false
+	}
+	for i := uintptr(0); i < cnt; i++ {
+		if !bufOK(uintptr(*u64(iov + i*16)), uintptr(*u64(iov + i*16 + 8))) {
+			return false
+		}
+	}
+	return true
+}
+
 // sockSyscall dispatches the socket system calls. ok is false for other
 // numbers.
 func sockSyscall(c int, cur int32, t *thread, nr uint64, a0, a1, a2, a3, a4, a5 uintptr) (int64, bool) {
@@ -325,39 +360,74 @@ func sockSyscall(c int, cur int32, t *thread, nr uint64, a0, a1, a2, a3, a4, a5 
 	case sysSocketpair:
 		return -_EAFNOSUPPORT, true
 	case sysBind:
+		if !bufOK(a1, a2) {
+			return -_EFAULT, true
+		}
 		return sockCall(c, cur, fd, boot.SvcBind, a1, a2), true
 	case sysListen:
 		return sockCall(c, cur, fd, boot.SvcListen, a1), true
 	case sysConnect:
+		if !bufOK(a1, a2) {
+			return -_EFAULT, true
+		}
 		return sockCall(c, cur, fd, boot.SvcConnect, a1, a2), true
-	case sysAccept:
-		return sysAcceptImpl(c, cur, fd, a1, a2, 0), true
-	case sysAccept4:
+	case sysAccept, sysAccept4:
+		if !lenBufOK(a1, a2) {
+			return -_EFAULT, true
+		}
+		if nr == sysAccept {
+			a3 = 0
+		}
 		return sysAcceptImpl(c, cur, fd, a1, a2, a3), true
-	case sysGetsockname:
-		return sockCall(c, cur, fd, boot.SvcGetsockname, a1, a2), true
-	case sysGetpeername:
-		return sockCall(c, cur, fd, boot.SvcGetpeername, a1, a2), true
+	case sysGetsockname, sysGetpeername:
+		if a1 == 0 || !lenBufOK(a1, a2) {
+			return -_EFAULT, true
+		}
+		op := uint32(boot.SvcGetsockname)
+		if nr == sysGetpeername {
+			op = boot.SvcGetpeername
+		}
+		return sockCall(c, cur, fd, op, a1, a2), true
 	case sysGetsockopt:
+		if a3 == 0 || !lenBufOK(a3, a4) {
+			return -_EFAULT, true
+		}
 		return sockCall(c, cur, fd, boot.SvcGetsockopt, a1, a2, a3, a4), true
 	case sysSetsockopt:
+		if !bufOK(a3, a4) {
+			return -_EFAULT, true
+		}
 		return sockCall(c, cur, fd, boot.SvcSetsockopt, a1, a2, a3, a4), true
 	case sysShutdown:
 		return sockCall(c, cur, fd, boot.SvcShutdown, a1), true
 	case sysSendto: // fd, buf, len, flags, addr, addrlen
+		if !bufOK(a1, a2) || (a4 != 0 && !bufOK(a4, a5)) {
+			return -_EFAULT, true
+		}
 		return sockIO(c, cur, fd, boot.SvcWrite, boot.SvcFlat, a3, a1, a2, a4, a5), true
 	case sysRecvfrom: // fd, buf, len, flags, addr, *addrlen
+		if !bufOK(a1, a2) || !lenBufOK(a4, a5) {
+			return -_EFAULT, true
+		}
 		return sockIO(c, cur, fd, boot.SvcRead, boot.SvcFlat, a3, a1, a2, a4, a5), true
 	case sysSendmsg: // fd, msghdr, flags
 		if badPtr(a1) || !userRange(a1, 56) {
 			return -_EFAULT, true
 		}
-		return sockIO(c, cur, fd, boot.SvcWrite, 0, a2, uintptr(*u64(a1 + 16)), uintptr(*u64(a1 + 24)), uintptr(*u64(a1)), uintptr(*u32(a1 + 8))), true
+		iov, cnt, name, nlen := uintptr(*u64(a1 + 16)), uintptr(*u64(a1 + 24)), uintptr(*u64(a1)), uintptr(*u32(a1 + 8))
+		if !iovOK(iov, cnt) || (name != 0 && !bufOK(name, nlen)) {
+			return -_EFAULT, true
+		}
+		return sockIO(c, cur, fd, boot.SvcWrite, 0, a2, iov, cnt, name, nlen), true
 	case sysRecvmsg:
 		if badPtr(a1) || !userRange(a1, 56) {
 			return -_EFAULT, true
 		}
-		return sockIO(c, cur, fd, boot.SvcRead, 0, a2, uintptr(*u64(a1 + 16)), uintptr(*u64(a1 + 24)), uintptr(*u64(a1)), a1+8), true
+		iov, cnt, name := uintptr(*u64(a1 + 16)), uintptr(*u64(a1 + 24)), uintptr(*u64(a1))
+		if !iovOK(iov, cnt) || !lenBufOK(name, a1+8) {
+			return -_EFAULT, true
+		}
+		return sockIO(c, cur, fd, boot.SvcRead, 0, a2, iov, cnt, name, a1+8), true
 	}
 	if t.proc == 1 {
 		switch nr {

@@ -66,7 +66,7 @@ func TestSocketsLoopback(t *testing.T) {
 		var out, errb bytes.Buffer
 		res, err := vmm.Run(img, vmm.Config{CPUs: cpus, MemBytes: 512 << 20, Timeout: 2 * time.Minute,
 			Args: []string{"netguest", "loopback"}, Stdout: &out, Stderr: &errb})
-		expectOK(t, run{res, err, out.String(), errb.String()}, "echo", "bulk", "http", "errors")
+		expectOK(t, run{res, err, out.String(), errb.String()}, "echo", "bulk", "http", "errors", "efault")
 	}
 }
 

@@ -14,6 +14,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"runtime/debug"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -32,7 +33,7 @@ import (
 	knet "github.com/cumulusdb/cumulus/kernel/net"
 )
 
-const debug = false
+const verbose = false
 
 func main() {
 	r, _, errno := syscall.RawSyscall(boot.SysSvcInfo, 0, 0, 0)
@@ -41,7 +42,7 @@ func main() {
 		os.Exit(2)
 	}
 	shared := (*boot.SvcShared)(ptr(r))
-	if !debug {
+	if !verbose {
 		// gVisor reports dropped segments (a SYN racing a listener's
 		// start, say) as warnings on stderr: they would land in the
 		// program's output.
@@ -52,11 +53,11 @@ func main() {
 		fmt.Fprintf(os.Stderr, "netsvc: %v\n", err)
 		os.Exit(2)
 	}
-	if debug {
+	if verbose {
 		knet.Debug = func(f string, a ...any) { fmt.Fprintf(os.Stderr, "netsvc: "+f+"\n", a...) }
 	}
 	svc := knet.NewService(st, func(id int, mask uint32) {
-		if debug {
+		if verbose {
 			fmt.Fprintf(os.Stderr, "netsvc: ready %d %#x\n", id, mask)
 		}
 		syscall.RawSyscall(boot.SysSvcReady, uintptr(id), uintptr(mask), 0)
@@ -83,9 +84,21 @@ func serve(sh *boot.SvcShared, svc *knet.Service) {
 	}
 }
 
+// complete runs one request and wakes its caller. The kernel checked the
+// caller's pointers, but a fault or a bug here must cost that one call
+// (EFAULT), not the service and with it every socket of the program.
 func complete(svc *knet.Service, i int32, slot *boot.SvcSlot) {
-	r := svc.Handle(slot)
-	if debug {
+	r := int64(-14) // EFAULT
+	func() {
+		defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+		defer func() {
+			if e := recover(); e != nil {
+				fmt.Fprintf(os.Stderr, "netsvc: op %d on socket %d failed: %v\n", slot.Op, slot.Sock, e)
+			}
+		}()
+		r = svc.Handle(slot)
+	}()
+	if verbose {
 		fmt.Fprintf(os.Stderr, "netsvc: thread %d op %d sock %d flags %d args %x → %d\n", i, slot.Op, slot.Sock, slot.Flags, slot.Args, r)
 	}
 	syscall.RawSyscall(boot.SysSvcDone, uintptr(i), uintptr(r), 0)

@@ -14,6 +14,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -142,6 +143,36 @@ func loopback() error {
 		return fmt.Errorf("listen on a used port: %v, want address in use", err)
 	}
 	fmt.Println("ok errors")
+
+	// Bad pointers get EFAULT from the kernel, and the network service
+	// keeps serving.
+	c2, err := net.Dial("tcp", addr)
+	if err != nil {
+		return err
+	}
+	rc, _ := c2.(*net.TCPConn).SyscallConn()
+	var rerr, werr syscall.Errno
+	rc.Control(func(fd uintptr) {
+		_, _, rerr = syscall.Syscall(syscall.SYS_READ, fd, 0x10, 64)
+		_, _, werr = syscall.Syscall(syscall.SYS_WRITE, fd, 0x10, 64)
+	})
+	if rerr != syscall.EFAULT || werr != syscall.EFAULT {
+		return fmt.Errorf("read/write from address 0x10: %v, %v, want EFAULT", rerr, werr)
+	}
+	s, _, e := syscall.RawSyscall(syscall.SYS_SOCKET, syscall.AF_INET, syscall.SOCK_STREAM, 0)
+	if e != 0 {
+		return fmt.Errorf("socket: %v", e)
+	}
+	if _, _, e := syscall.Syscall(syscall.SYS_CONNECT, s, 0x20, 16); e != syscall.EFAULT {
+		return fmt.Errorf("connect to a sockaddr at 0x20: %v, want EFAULT", e)
+	}
+	syscall.Close(int(s))
+	io.WriteString(c2, "still here\n")
+	if got, err := bufio.NewReader(c2).ReadString('\n'); err != nil || got != "still here\n" {
+		return fmt.Errorf("echo after bad calls: %q, %v", got, err)
+	}
+	c2.Close()
+	fmt.Println("ok efault")
 	return nil
 }
 
