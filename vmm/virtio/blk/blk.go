@@ -30,6 +30,7 @@ import (
 	"path/filepath"
 	"sync"
 	"sync/atomic"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -310,11 +311,34 @@ func (d *Device) serve(c *virtio.Chain) (status byte, written uint32) {
 	return SUnsupp, 0
 }
 
-// File is the Backend on a host file.
+// File is the Backend on a host file. Aligned transfers (the guest
+// drivers' buffers come from page-aligned frames) go through a second
+// descriptor opened with O_DIRECT, so the disk bypasses the host's page
+// cache as a database expects (like QEMU's cache=none), and figures
+// compare with a Linux process doing O_DIRECT; others go through the
+// page cache, which Linux keeps coherent with direct I/O.
 type File struct {
 	f    *os.File
 	fd   int
+	dfd  int // O_DIRECT descriptor, or -1 where the file system refuses it
 	size int64
+}
+
+// directAlign is the alignment O_DIRECT needs of addresses, lengths and
+// offsets (the logical block size; 512 on the file systems we meet, 4096
+// is safe everywhere and what our drivers produce).
+const directAlign = 4096
+
+func aligned(segs [][]byte, off int64) bool {
+	if off%directAlign != 0 {
+		return false
+	}
+	for _, s := range segs {
+		if len(s)%directAlign != 0 || (len(s) > 0 && uintptr(unsafe.Pointer(&s[0]))%directAlign != 0) {
+			return false
+		}
+	}
+	return true
 }
 
 // OpenFile opens path for a disk, creating it with size bytes if it is
@@ -356,7 +380,15 @@ func OpenFile(path string, size int64, readOnly bool) (*File, error) {
 		f.Close()
 		return nil, fmt.Errorf("virtio-blk: %s is not a regular file", path)
 	}
-	return &File{f: f, fd: int(f.Fd()), size: st.Size()}, nil
+	dflags := unix.O_RDWR
+	if readOnly {
+		dflags = unix.O_RDONLY
+	}
+	dfd, err := unix.Open(path, dflags|unix.O_DIRECT|unix.O_CLOEXEC, 0)
+	if err != nil {
+		dfd = -1 // tmpfs and some others: buffered only
+	}
+	return &File{f: f, fd: int(f.Fd()), dfd: dfd, size: st.Size()}, nil
 }
 
 func (f *File) Size() int64 { return f.size }
@@ -364,8 +396,12 @@ func (f *File) Size() int64 { return f.size }
 // ReadAt reads all of segs; past the end of the file (a file shrunk
 // behind our back) it reads zeros.
 func (f *File) ReadAt(segs [][]byte, off int64) error {
+	fd := f.fd
+	if f.dfd >= 0 && aligned(segs, off) {
+		fd = f.dfd
+	}
 	for len(segs) > 0 {
-		n, err := unix.Preadv(f.fd, segs, off)
+		n, err := unix.Preadv(fd, segs, off)
 		if err == unix.EINTR {
 			continue
 		}
@@ -385,8 +421,12 @@ func (f *File) ReadAt(segs [][]byte, off int64) error {
 }
 
 func (f *File) WriteAt(segs [][]byte, off int64) error {
+	fd := f.fd
+	if f.dfd >= 0 && aligned(segs, off) {
+		fd = f.dfd
+	}
 	for len(segs) > 0 {
-		n, err := unix.Pwritev(f.fd, segs, off)
+		n, err := unix.Pwritev(fd, segs, off)
 		if err == unix.EINTR {
 			continue
 		}
@@ -414,5 +454,8 @@ func (f *File) Sync() error {
 }
 
 func (f *File) Close() error {
+	if f.dfd >= 0 {
+		unix.Close(f.dfd)
+	}
 	return f.f.Close()
 }
