@@ -40,7 +40,7 @@ type Row struct {
 	LinuxLatencyUs float64 `json:"linux_latency_us"`
 	ImageLatencyUs float64 `json:"image_latency_us"`
 	Ratio          float64 `json:"image_over_linux"` // IOPS ratio (>1: the image is faster)
-	// The Linux side through the host page cache: the like-for-like
+	// The Linux side through the host page cache, a
 	// second baseline (the monitor's disk model uses O_DIRECT for aligned
 	// transfers, so the O_DIRECT figure is the like-for-like one).
 	LinuxBufIOPS  float64 `json:"linux_buffered_iops"`
