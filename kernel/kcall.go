@@ -32,6 +32,15 @@ func kcall(op, a0, a1, a2 uint64) (r0, r1 uint64) {
 		return pcpu().cpu, 0
 	case boot.KCNop:
 		return 0, 0
+	case boot.KCSnapCreate:
+		view, e := snapCreate(uintptr(a0), uintptr(a1))
+		return uint64(view), uint64(-e)
+	case boot.KCSnapRelease:
+		return 0, uint64(-snapRelease(uintptr(a0)))
+	case boot.KCSnapStats:
+		return 0, uint64(-snapStatsTo(uintptr(a0)))
+	case boot.KCSnapBreak:
+		return 0, uint64(-snapBreak(uintptr(a0), uintptr(a1)))
 	case boot.KCFlushTLB:
 		outl(boot.HCFlush, 0)
 		stats.Shootdowns++

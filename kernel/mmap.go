@@ -105,7 +105,8 @@ func userRange(a, n uintptr) bool {
 			return false
 		}
 	}
-	return true
+	// Snapshots: the caller may write here; make shared pages private.
+	return cowUsed.Load() == 0 || cowUserRange(a, n)
 }
 
 func initMmap() {
@@ -156,6 +157,9 @@ func sysMmapImpl(addr, length, prot, flags uintptr, fd int32, off uintptr) int64
 			return -_ENOMEM
 		}
 	}
+	if !snapGuard(va, n) { // snapshot.go: a live view, or a source made private first
+		return -_EBUSY
+	}
 	if !vmas.Insert(va, va+n) {
 		return -_ENOMEM
 	}
@@ -189,6 +193,9 @@ func sysMunmapImpl(addr, length uintptr) int64 {
 	}
 	mmlock.lock()
 	defer mmlock.unlock()
+	if !snapGuard(addr, n) { // snapshot.go: release a view through kapi, not munmap
+		return -_EINVAL
+	}
 	discard(addr, n)
 	vmas.Remove(addr, addr+n)
 	committed.Remove(addr, addr+n)
@@ -204,9 +211,16 @@ func sysMadviseImpl(addr, length uintptr, advice int) int64 {
 		if addr < boot.NullGuardEnd {
 			return -_EINVAL
 		}
+		n := (length + mm.PageSize - 1) &^ (mm.PageSize - 1)
 		mmlock.lock()
-		discard(addr, (length+mm.PageSize-1)&^(mm.PageSize-1))
+		ok := snapGuard(addr, n) // snapshot.go
+		if ok {
+			discard(addr, n)
+		}
 		mmlock.unlock()
+		if !ok {
+			return -_EINVAL
+		}
 	}
 	return 0
 }
@@ -229,6 +243,9 @@ func sysMprotectImpl(addr, length, prot uintptr) int64 {
 	mmlock.lock()
 	defer mmlock.unlock()
 	if prot == 0 {
+		if !snapGuard(addr, n) { // snapshot.go
+			return -_EINVAL
+		}
 		pt.Zero(addr, n)
 		committed.Remove(addr, addr+n)
 		return 0

@@ -89,7 +89,10 @@ func faultTrap() {
 		if ff.vector == 14 {
 			outl(boot.HCCR2, 0)
 			cr2 = pc.hcArgs[0]
-			if demandPage(uintptr(cr2)) {
+			// A write (bit 1) to a present page (bit 0) is a write to a
+			// page a snapshot write-protected: copy-on-write
+			// (snapshot.go). Anything else may be demand paging.
+			if (ff.errcode&3 == 3 && cowFault(uintptr(cr2))) || demandPage(uintptr(cr2)) {
 				atomic.AddUint64(&stats.PageFaults, 1)
 				t.pfRetries = 0
 				leaveKernel(int(pc.cpu))

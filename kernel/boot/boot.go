@@ -178,12 +178,16 @@ const BIOffKCallEntry = 112
 
 // Kernel-call operations (kapi/unikernel → kernel, see kernel/kcall.go).
 const (
-	KCFramesAlloc = 1 // a0=order → r0=physical address (== direct-map address), r1=errno
-	KCFramesFree  = 2 // a0=address, a1=order → r1=errno
-	KCFramesStats = 3 // → r0=free bytes, r1=total bytes
-	KCCPU         = 4 // → r0=current vCPU
-	KCNop         = 5 // → nothing: measures the call itself
-	KCFlushTLB    = 6 // TLB shootdown on every vCPU
+	KCFramesAlloc = 1  // a0=order → r0=physical address (== direct-map address), r1=errno
+	KCFramesFree  = 2  // a0=address, a1=order → r1=errno
+	KCFramesStats = 3  // → r0=free bytes, r1=total bytes
+	KCCPU         = 4  // → r0=current vCPU
+	KCNop         = 5  // → nothing: measures the call itself
+	KCFlushTLB    = 6  // TLB shootdown on every vCPU
+	KCSnapCreate  = 7  // a0=address, a1=length (2 MiB aligned) → r0=view address, r1=errno (kernel/snapshot.go)
+	KCSnapRelease = 8  // a0=view address → r1=errno
+	KCSnapStats   = 9  // a0=address of an mm.SnapCounters to fill → r1=errno
+	KCSnapBreak   = 10 // a0=address, a1=length: make the range privately writable now → r1=errno
 )
 
 // Offsets in BootInfo read by the vDSO clock (entry_amd64.s).

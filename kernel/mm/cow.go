@@ -153,6 +153,17 @@ type CoWStats struct {
 	FramesFreed uint64 // frames (tables and data, 4 KiB units) freed after a flush
 }
 
+// SnapCounters is what the kernel reports about snapshots (kernel call
+// KCSnapStats; kapi/unikernel reads the same struct).
+type SnapCounters struct {
+	CoWStats
+	Faults   uint64 // write faults resolved by copy-on-write (each also an exit for CR2 under PVM)
+	Breaks   uint64 // pages made private without a fault (kernel writes, KCSnapBreak, guards)
+	Created  uint64 // snapshots taken
+	Released uint64 // snapshots released
+	Live     uint64 // snapshots alive now
+}
+
 const pendingMax = 512
 
 type pendingFree struct {

@@ -1,0 +1,310 @@
+package kernel
+
+// Copy-on-write snapshots of program memory (kapi.Snapshot, DESIGN §3
+// "snapshots", issue 8). The page-table work is kernel/mm/cow.go; this
+// file is the kernel's side: bookkeeping of live snapshots, the kernel
+// calls (kcall.go), the write-fault hook (trap.go) and the guards that
+// keep munmap/madvise/mprotect/mmap and the kernel's own writes to program
+// memory (userRange) from writing through a write-protected entry.
+//
+// Constraints: trap context (cpu.go): no allocation, maps, goroutines or
+// blocking; all state is in fixed package arrays. Everything that edits
+// page tables or the snapshot table runs under mmlock.
+//
+// What a snapshot is. Snapshot(src, n) (2 MiB aligned, wholly committed
+// memory; untouched parts are populated first) returns a view at a new
+// address from the range allocator (kernel/mm/vrange), placed at the same
+// offset modulo 1 GiB as src, so whole GiBs are shared by one page-table
+// entry per side: a 4 GiB area costs 8 entries written, whatever its size
+// in pages. No data is copied at creation. Both sides are then
+// copy-on-write: the first write on either side to a page still shared
+// copies it (2 MiB pages whole, see cow.go for why not split), and the
+// page tables on the way are copied by the writing thread itself.
+//
+// TLBs. Creation write-protects the source: before it returns, every vCPU
+// flushes its TLB (one HCFlush: the monitor runs the CR3 reload on each
+// vCPU, ~hundreds of µs), so no vCPU can still write through a translation
+// cached before the snapshot. That flush is what replaces the talk's
+// reader-side invlpg, which needs CPL 0: under PVM the kernel runs at
+// CPL 3 and has no invlpg. A copy-on-write break needs no broadcast here:
+// a stale read-only translation on another vCPU faults on its next write
+// (the fault invalidates it and finds the entry already writable), and
+// the entry change itself is a write to a live page table, which PVM's
+// shadow MMU traps and applies to every vCPU's shadow entries. On hardware
+// virtualization the privop seam would flush the faulting CPU with invlpg
+// and readers would invalidate before their accesses (the talk's
+// reader-side invalidation). Release flushes once more before frames that
+// lost their last reference are reused.
+//
+// Overlaps: a snapshot of a range overlapping a live view is refused
+// (EBUSY); several snapshots of the same or overlapping source ranges are
+// fine (reference counts). munmap/MADV_DONTNEED/mprotect(PROT_NONE)/
+// MAP_FIXED on a live view are refused (release it instead); on a source
+// they first make the range private (copying what is still shared), so
+// the snapshots keep their contents.
+
+import (
+	"sync/atomic"
+	"unsafe"
+
+	"github.com/cumulusdb/cumulus/kernel/boot"
+	"github.com/cumulusdb/cumulus/kernel/mm"
+)
+
+const (
+	_EBUSY    = 16
+	maxSnaps  = 64
+	snapAlign = 1 << 30
+)
+
+type snapRec struct {
+	live         bool
+	src, view, n uintptr
+	vbase, vlen  uintptr // the range taken from the range allocator
+}
+
+var (
+	cow     mm.CoW
+	snaps   [maxSnaps]snapRec
+	cowUsed atomic.Uint32 // set at the first snapshot: write-protected entries may exist from then on
+	snapCnt mm.SnapCounters
+)
+
+func cowFlush() {
+	outl(boot.HCFlush, 0)
+	stats.Shootdowns++
+}
+
+// overlapsView reports whether [a, a+n) overlaps a live view. mmlock held.
+func overlapsView(a, n uintptr) bool {
+	for i := range snaps {
+		s := &snaps[i]
+		if s.live && a < s.view+s.n && s.view < a+n {
+			return true
+		}
+	}
+	return false
+}
+
+// snapCreate takes a snapshot of [src, src+n) and returns the view's
+// address or a negative errno.
+func snapCreate(src, n uintptr) (uintptr, int64) {
+	if n == 0 || (src|n)&(mm.HugeSize-1) != 0 || src+n < src || src < mmapLo || src+n > mmapTop {
+		return 0, -_EINVAL
+	}
+	mmlock.lock()
+	defer mmlock.unlock()
+	if cow.PT == nil {
+		cow.Init(&pt, cowFlush)
+	}
+	if overlapsView(src, n) {
+		return 0, -_EBUSY
+	}
+	i := committed.Find(src)
+	if i < 0 || committed.At(i).End < src+n {
+		return 0, -_EFAULT // not (wholly) memory the program owns
+	}
+	slot := -1
+	for k := range snaps {
+		if !snaps[k].live {
+			slot = k
+			break
+		}
+	}
+	if slot < 0 {
+		return 0, -_ENOMEM
+	}
+	// Untouched parts of the source read as zero: give them frames now,
+	// so both sides share them.
+	if err := pt.Populate(src, n); err != nil {
+		return 0, -_ENOMEM
+	}
+	off := src & (snapAlign - 1)
+	vlen := (off + n + snapAlign - 1) &^ (snapAlign - 1)
+	cpu := currentCPU()
+	vbase, err := ranges.Alloc(cpu, vlen, snapAlign)
+	if err != nil || !vmas.Free(vbase, vbase+vlen) {
+		if err == nil {
+			ranges.Free(cpu, vbase, vlen)
+		}
+		return 0, -_ENOMEM
+	}
+	vmas.Insert(vbase, vbase+vlen)
+	view := vbase + off
+	cowUsed.Store(1)
+	if err := cow.Share(src, view, n); err != nil {
+		cow.Drop(view, n)
+		cow.FlushAndFree()
+		vmas.Remove(vbase, vbase+vlen)
+		ranges.Free(cpu, vbase, vlen)
+		snapCounters()
+		if err == mm.ErrNoMemory {
+			return 0, -_ENOMEM
+		}
+		return 0, -_EFAULT
+	}
+	// Every vCPU drops translations cached before the source became
+	// read-only: from here on the view holds the state of this instant.
+	cow.FlushAndFree()
+	snaps[slot] = snapRec{live: true, src: src, view: view, n: n, vbase: vbase, vlen: vlen}
+	snapCnt.Created++
+	snapCounters()
+	return view, 0
+}
+
+// snapRelease drops the view at view. Frames and tables only it still
+// referenced are freed after a TLB flush; source pages nothing shares any
+// more become writable again (no faults after the last snapshot is gone).
+func snapRelease(view uintptr) int64 {
+	mmlock.lock()
+	defer mmlock.unlock()
+	for k := range snaps {
+		s := &snaps[k]
+		if !s.live || s.view != view {
+			continue
+		}
+		if err := cow.Drop(s.view, s.n); err != nil {
+			return -_ENOMEM
+		}
+		cow.FlushAndFree()
+		cow.Restore(s.src, s.n)
+		vmas.Remove(s.vbase, s.vbase+s.vlen)
+		ranges.Free(currentCPU(), s.vbase, s.vlen)
+		s.live = false
+		snapCnt.Released++
+		snapCounters()
+		return 0
+	}
+	return -_EINVAL // not a live snapshot (released twice?)
+}
+
+// snapBreak makes [a, a+n) privately writable now, as a write fault on
+// each page would, but without the faults (~60 µs each under PVM): a
+// writer that knows where it is about to write can call it first.
+func snapBreak(a, n uintptr) int64 {
+	if a+n < a {
+		return -_EINVAL
+	}
+	if cowUsed.Load() == 0 {
+		return 0
+	}
+	mmlock.lock()
+	defer mmlock.unlock()
+	for p := a &^ (mm.PageSize - 1); p < a+n; {
+		_, size := pt.Lookup(p)
+		if size == 0 {
+			return -_EFAULT
+		}
+		if !cow.Writable(p) {
+			if _, err := cow.BreakWrite(p); err != nil {
+				return -_ENOMEM
+			}
+			snapCnt.Breaks++
+		}
+		p = (p | (size - 1)) + 1
+	}
+	snapCounters()
+	return 0
+}
+
+// cowFault resolves a write fault on a write-protected page (trap.go).
+func cowFault(addr uintptr) bool {
+	if cowUsed.Load() == 0 || addr < boot.NullGuardEnd {
+		return false
+	}
+	mmlock.lock()
+	ok, err := cow.BreakWrite(addr)
+	if err != nil {
+		kprint("cumulus kernel: out of memory: no free frame for a copy-on-write page (run with a larger -mem)\n")
+		ok = false
+	}
+	if ok {
+		snapCnt.Faults++
+		snapCounters()
+	}
+	mmlock.unlock()
+	return ok
+}
+
+// cowUserRange is userRange's part: kernel code (and the monitor, for
+// host-share reads) is about to write into [a, a+n), so shared pages in it
+// are made private first, as a write fault would. Reads are treated alike.
+func cowUserRange(a, n uintptr) bool {
+	for p := a &^ (mm.PageSize - 1); p < a+n; p += mm.PageSize {
+		if cow.Writable(p) {
+			continue
+		}
+		mmlock.lock()
+		ok, err := cow.BreakWrite(p)
+		if ok && err == nil {
+			snapCnt.Breaks++
+		}
+		mmlock.unlock()
+		if !ok || err != nil {
+			return false
+		}
+	}
+	return true
+}
+
+// snapGuard runs before munmap, MADV_DONTNEED, mprotect(PROT_NONE) and
+// mmap over [a, a+n) (mmlock held). It refuses ranges overlapping a live
+// view and makes the parts of live sources in the range private, so the
+// change cannot reach a snapshot.
+func snapGuard(a, n uintptr) bool {
+	if cowUsed.Load() == 0 {
+		return true
+	}
+	if overlapsView(a, n) {
+		return false
+	}
+	for k := range snaps {
+		s := &snaps[k]
+		if !s.live || a >= s.src+s.n || s.src >= a+n {
+			continue
+		}
+		lo, hi := max(a, s.src), min(a+n, s.src+s.n)
+		for p := lo &^ (mm.PageSize - 1); p < hi; {
+			_, size := pt.Lookup(p)
+			if size == 0 {
+				p += mm.PageSize
+				continue
+			}
+			if !cow.Writable(p) {
+				if _, err := cow.BreakWrite(p); err != nil {
+					return false
+				}
+				snapCnt.Breaks++
+			}
+			p = (p | (size - 1)) + 1
+		}
+	}
+	snapCounters()
+	return true
+}
+
+// snapCounters refreshes the counters kernel calls report. mmlock held.
+func snapCounters() {
+	snapCnt.CoWStats = cow.Stats
+	live := uint64(0)
+	for k := range snaps {
+		if snaps[k].live {
+			live++
+		}
+	}
+	snapCnt.Live = live
+	stats.PTWrites = pt.Writes
+	stats.FramesUsed = frames.Used()
+}
+
+// snapStatsTo copies the counters into program memory at a.
+func snapStatsTo(a uintptr) int64 {
+	const size = unsafe.Sizeof(mm.SnapCounters{})
+	if !userRange(a, size) {
+		return -_EFAULT
+	}
+	mmlock.lock()
+	*(*mm.SnapCounters)(ptrOf(a)) = snapCnt
+	mmlock.unlock()
+	return 0
+}
