@@ -125,7 +125,7 @@ func sysWriteFD(c int, cur int32, fd int, a, n uintptr) int64 {
 		klock.lock()
 		fds[fd].count += *u64(a)
 		fds[fd].gen++
-		wakeEpollWaiters()
+		wakeEpollFor(fd)
 		kunlock()
 		return 8
 	case fdPipeW:
@@ -361,7 +361,7 @@ func epollWait(c int, cur int32, epfd int, out uintptr, max int, timeoutMS int) 
 	if timeoutMS > 0 {
 		deadline = nanotime() + int64(timeoutMS)*1e6
 	}
-	block(c, cur, wEpoll, 0, deadline)
+	block(c, cur, wEpoll, uintptr(tag), deadline)
 	return blocked
 }
 
@@ -404,6 +404,26 @@ func readiness(fd int) uint32 {
 	return 0
 }
 
+// wakeEpollFor wakes the threads waiting in the epoll instance that
+// watches fd, after fd's readiness changed; a descriptor nobody watches
+// wakes nobody. (Two runtimes share the table, the program's and the
+// network service's: waking every waiter made each one's readiness
+// changes cost the other a spurious wake-up.) klock held.
+func wakeEpollFor(fd int) {
+	tag := uintptr(fds[fd].ep)
+	if tag == 0 {
+		return
+	}
+	for i := int32(0); i < nthreads; i++ {
+		t := &threads[i]
+		if t.state == tBlocked && t.waitKind == wEpoll && t.waitAddr == tag {
+			wakeRestart(i)
+		}
+	}
+}
+
+// wakeEpollWaiters wakes every epoll and pipe waiter (pipes: their ends'
+// waiters re-check). klock held.
 func wakeEpollWaiters() {
 	for i := int32(0); i < nthreads; i++ {
 		t := &threads[i]

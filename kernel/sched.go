@@ -330,6 +330,9 @@ func checkIRQs() {
 			p &^= 1 << uint(i)
 			stats.IRQs++
 			futexWake(uintptr(unsafe.Pointer(&bi.IRQCount[i])), 1<<30)
+			if svcWaitIRQ == i+1 {
+				futexWake(uintptr(unsafe.Pointer(&svcShared.Seq)), 1)
+			}
 		}
 	}
 }

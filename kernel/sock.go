@@ -297,19 +297,30 @@ func svcReady(id int, mask uint32) int64 {
 	for fd := range fds {
 		if fds[fd].kind == fdSocket && fds[fd].sock == int32(id) {
 			fds[fd].gen++
+			wakeEpollFor(fd)
 		}
 	}
-	wakeEpollWaiters()
 	return 0
 }
 
-// svcWait parks the service's request thread until the ring moves past
-// seen (SysSvcWait).
-func svcWait(c int, cur int32, seen uint32) int64 {
+// svcWaitIRQ is the device (plus one) whose interrupts also end a
+// SysSvcWait; checkIRQs wakes the waiter on the ring's sequence word.
+var svcWaitIRQ int
+
+// svcWait parks the service's waiting thread until the ring moves past
+// seen or device irq-1 interrupts after irqSeen (SysSvcWait).
+func svcWait(c int, cur int32, seen uint32, irq int, irqSeen uint32) int64 {
 	klock.lock()
 	if atomic.LoadUint32(&svcShared.Seq) != seen {
 		klock.unlock()
 		return 0
+	}
+	if irq > 0 && irq <= boot.MaxDevices {
+		svcWaitIRQ = irq
+		if atomic.LoadUint32(&bi.IRQCount[irq-1]) != irqSeen {
+			klock.unlock()
+			return 0
+		}
 	}
 	block(c, cur, wFutex, uintptr(unsafe.Pointer(&svcShared.Seq)), 0)
 	return blocked
@@ -432,7 +443,7 @@ func sockSyscall(c int, cur int32, t *thread, nr uint64, a0, a1, a2, a3, a4, a5 
 	if t.proc == 1 {
 		switch nr {
 		case boot.SysSvcWait:
-			return svcWait(c, cur, uint32(a0)), true
+			return svcWait(c, cur, uint32(a0), int(a1), uint32(a2)), true
 		case boot.SysSvcDone:
 			return svcDone(int32(a0), int64(a1)), true
 		case boot.SysSvcReady:

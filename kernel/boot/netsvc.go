@@ -30,7 +30,11 @@ const (
 
 // System calls only the service may make (numbers beyond Linux's).
 const (
-	SysSvcWait  = 1000 // block until the request ring is not empty (futex-like): a0 = seen Seq
+	// SysSvcWait blocks until the request ring moves past a0 (the Seq
+	// seen) or, if a1 > 0, device a1-1's interrupt count moves past a2:
+	// the service's one blocking point, so that one thread waits for
+	// both requests and received frames.
+	SysSvcWait  = 1000
 	SysSvcDone  = 1001 // a0 = thread index, a1 = result: wake the caller
 	SysSvcReady = 1002 // a0 = socket id, a1 = epoll event mask now
 	SysSvcInfo  = 1003 // → address of the SvcShared block

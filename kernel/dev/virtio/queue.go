@@ -352,6 +352,28 @@ func (q *Queue) Reap(out []Used) (int, error) {
 	return n, nil
 }
 
+// Arm turns the device's interrupts for this queue on until Disarm, for a
+// driver that waits for them elsewhere than in Wait (one wait for several
+// sources). Check Pending after Arm and before sleeping.
+func (q *Queue) Arm() {
+	q.mu.Lock()
+	q.sleepers++
+	if q.sleepers == 1 {
+		q.setInterrupts(true)
+	}
+	q.mu.Unlock()
+}
+
+// Disarm undoes Arm.
+func (q *Queue) Disarm() {
+	q.mu.Lock()
+	q.sleepers--
+	if q.sleepers == 0 {
+		q.setInterrupts(false)
+	}
+	q.mu.Unlock()
+}
+
 // Wait returns true as soon as completed chains are pending, false after
 // timeout (<0: none). It polls the used ring for SpinTime, yielding the
 // processor between looks; then, if the device has an interrupt, it turns

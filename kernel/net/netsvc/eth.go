@@ -5,9 +5,10 @@ package main
 // The stack writes packets into a channel endpoint wrapped by gVisor's
 // Ethernet layer (which adds and parses the 14-byte header and answers
 // ARP); a transmit goroutine drains it in batches, so that one device
-// notification covers many frames. A receive goroutine takes frames off
-// the device (polling first, then sleeping on its interrupt) and injects
-// them. Frames are copied once each way, between the driver's DMA slots
+// notification covers many frames. Received frames are taken off the
+// device by the serve loop (main.go), which waits for requests and for
+// the device's interrupt in one system call, and injected into the
+// stack. Frames are copied once each way, between the driver's DMA slots
 // and the stack's buffers.
 
 import (
@@ -31,6 +32,16 @@ import (
 )
 
 const ethNIC = 2
+
+// nic is eth0, or nil.
+type nic struct {
+	dev *vnet.Device
+	ch  *channel.Endpoint
+	irq virtio.Interrupt
+	idx uint32 // device index (its interrupt)
+}
+
+var eth0 *nic
 
 // attachEth puts eth0 on the stack when the monitor attached one and
 // returns its routes (its subnet, and the default route via the gateway).
@@ -59,7 +70,7 @@ func attachEth(st *stack.Stack) ([]tcpip.Route, error) {
 		return nil, fmt.Errorf("eth0 address: %v", err)
 	}
 	go transmit(ch, dev)
-	go receive(ch, dev)
+	eth0 = &nic{dev: dev, ch: ch, irq: info.Interrupt(), idx: info.IRQ}
 	return []tcpip.Route{
 		{Destination: pa.AddressWithPrefix.Subnet(), NIC: ethNIC},
 		{Destination: header.IPv4EmptySubnet, Gateway: tcpip.AddrFrom4(gw), NIC: ethNIC},
@@ -97,19 +108,13 @@ func transmit(ch *channel.Endpoint, dev *vnet.Device) {
 	}
 }
 
-// receive injects the frames the device delivers.
-func receive(ch *channel.Endpoint, dev *vnet.Device) {
-	for {
-		n, err := dev.Receive(func(frame []byte) {
-			pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(append([]byte(nil), frame...))})
-			ch.InjectInbound(0, pkt)
-			pkt.DecRef()
-		})
-		if err != nil {
-			time.Sleep(time.Millisecond)
-		}
-		if n == 0 {
-			dev.Wait(-1)
-		}
-	}
+// receive injects the frames the device has delivered and returns how
+// many; it does not wait.
+func (n *nic) receive() int {
+	k, _ := n.dev.Receive(func(frame []byte) {
+		pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(append([]byte(nil), frame...))})
+		n.ch.InjectInbound(0, pkt)
+		pkt.DecRef()
+	})
+	return k
 }

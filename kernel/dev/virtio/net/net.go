@@ -288,6 +288,13 @@ func (d *Device) Pending() bool { return d.rx.Pending() }
 // whether a frame is there.
 func (d *Device) Wait(timeout time.Duration) bool { return d.rx.Wait(timeout) }
 
+// ArmReceive turns receive interrupts on until DisarmReceive, for a
+// caller that sleeps on the interrupt itself (see virtio.Queue.Arm).
+func (d *Device) ArmReceive() { d.rx.Arm() }
+
+// DisarmReceive undoes ArmReceive.
+func (d *Device) DisarmReceive() { d.rx.Disarm() }
+
 // SetSpinTime sets how long Wait polls before it sleeps.
 func (d *Device) SetSpinTime(t time.Duration) { d.rx.SpinTime = t }
 
