@@ -357,6 +357,13 @@ func (c *compiler) planScan(t *catalog.Table, sc *scope, conds []tree.Expr) (*sc
 		}
 		return out
 	}
+	best, bestLen := (*catalog.Index)(nil), 0
+	for i := range t.Indexes {
+		ix := &t.Indexes[i]
+		if l := len(prefix(ix.Cols)); l > bestLen {
+			best, bestLen = ix, l
+		}
+	}
 	if len(t.PK) > 0 {
 		p := prefix(t.PK)
 		n.keyCol = t.PK
@@ -367,16 +374,13 @@ func (c *compiler) planScan(t *catalog.Table, sc *scope, conds []tree.Expr) (*sc
 		case len(p) > 0 || lo[t.PK[0]] != nil || hi[t.PK[0]] != nil:
 			next := t.PK[len(p)]
 			n.acc, n.eq, n.lo, n.hi = accRange, p, lo[next], hi[next]
-			if len(p) > 0 || !hasSecondary(t, eq) {
+			// A secondary index with a longer equality prefix narrows
+			// the scan further (TPC-C: orders by warehouse, district and
+			// customer rather than the whole district), despite the extra
+			// primary-key lookup per row.
+			if bestLen <= len(p) {
 				return n, nil
 			}
-		}
-	}
-	best, bestLen := (*catalog.Index)(nil), 0
-	for i := range t.Indexes {
-		ix := &t.Indexes[i]
-		if l := len(prefix(ix.Cols)); l > bestLen {
-			best, bestLen = ix, l
 		}
 	}
 	if best != nil {
@@ -390,13 +394,136 @@ func (c *compiler) planScan(t *catalog.Table, sc *scope, conds []tree.Expr) (*sc
 	return n, nil
 }
 
-func hasSecondary(t *catalog.Table, eq map[int]*expr) bool {
-	for _, ix := range t.Indexes {
-		if _, ok := eq[ix.Cols[0]]; ok {
-			return true
+// memoScanNode serves a correlated table scan whose correlation is only in
+// equalities the access path cannot use (inner column = outer value): the
+// uncorrelated part is scanned once per execution into a hash table keyed
+// by the inner columns, and each run probes it with the outer values.
+// Without it, a correlated subquery over a large table rescans it for
+// every outer row (TPC-C's consistency checks: history per customer).
+type memoScanNode struct {
+	base   *scanNode
+	keys   []*expr // inner columns, over the base row
+	probes []*expr // outer values, row-free
+	rest   *expr   // remaining conditions over the base row (may be nil)
+	key    *int    // rc.cache key
+}
+
+func (n *memoScanNode) cols() []col { return n.base.cols() }
+func (n *memoScanNode) run(rc *runCtx, emit func(Row) error) error {
+	keyOf := func(xs []*expr, r Row) (string, bool, error) {
+		vals := make(Row, len(xs))
+		for i, x := range xs {
+			v, err := x.fn(rc, r)
+			if err != nil {
+				return "", false, err
+			}
+			if v.IsNull() {
+				return "", false, nil
+			}
+			vals[i] = v
+		}
+		return string(rowKey(nil, vals)), true, nil
+	}
+	var table map[string][]Row
+	if v, ok := rc.cached(n.key); ok {
+		table = v.(map[string][]Row)
+	} else {
+		table = map[string][]Row{}
+		if err := n.base.run(rc, func(r Row) error {
+			k, ok, err := keyOf(n.keys, r)
+			if err != nil || !ok {
+				return err
+			}
+			table[k] = append(table[k], r)
+			return nil
+		}); err != nil {
+			return err
+		}
+		rc.store(n.key, table)
+	}
+	k, ok, err := keyOf(n.probes, nil)
+	if err != nil || !ok {
+		return err
+	}
+	for _, r := range table[k] {
+		if n.rest != nil {
+			v, err := n.rest.fn(rc, r)
+			if err != nil {
+				return err
+			}
+			if !v.True() {
+				continue
+			}
+		}
+		if err := emit(r); err != nil {
+			return err
 		}
 	}
-	return false
+	return nil
+}
+
+// tryMemoScan returns a memoScanNode for a scan of src with conditions
+// conds in scope rsc (whose parents are the enclosing queries), or nil when
+// there is no correlated equality or the planned scan normal already uses
+// one in its access path.
+func (c *compiler) tryMemoScan(src *source, rsc *scope, conds []tree.Expr, normal *scanNode) (plan, error) {
+	local := &scope{cols: src.cs}
+	var localConds, rest []tree.Expr
+	var keys, probes []*expr
+	for _, cond := range conds {
+		if c.compiles(cond, local) {
+			localConds = append(localConds, cond)
+			continue
+		}
+		matched := false
+		if cmp, ok := cond.(*tree.ComparisonExpr); ok && cmp.Operator == tree.EQ {
+			for _, pair := range [][2]tree.Expr{{cmp.Left, cmp.Right}, {cmp.Right, cmp.Left}} {
+				if !c.compiles(pair[0], local) || c.compiles(pair[1], local) || !c.compiles(pair[1], rsc) {
+					continue
+				}
+				k, err := c.compile(pair[0], local, datum.Type{})
+				if err != nil {
+					return nil, err
+				}
+				p, err := c.compile(pair[1], rsc, k.t)
+				if err != nil {
+					return nil, err
+				}
+				if k.col < 0 || !p.rowFree() {
+					continue
+				}
+				keys, probes = append(keys, k), append(probes, p)
+				matched = true
+				break
+			}
+		}
+		if !matched {
+			rest = append(rest, cond)
+		}
+	}
+	if len(keys) == 0 {
+		return nil, nil
+	}
+	base, err := c.planScan(src.table, local, localConds)
+	if err != nil {
+		return nil, err
+	}
+	if normal.acc != base.acc || len(normal.eq) != len(base.eq) {
+		return nil, nil // the correlation narrows the access path itself
+	}
+	m := &memoScanNode{base: base, keys: keys, probes: probes, key: new(int)}
+	if len(rest) > 0 {
+		var fs []*expr
+		for _, cond := range rest {
+			x, err := c.compile(cond, rsc, datum.TBool)
+			if err != nil {
+				return nil, err
+			}
+			fs = append(fs, x)
+		}
+		m.rest = andAll(fs)
+	}
+	return m, nil
 }
 
 func andAll(xs []*expr) *expr {

@@ -567,9 +567,26 @@ func (c *compiler) planFrom(from tree.TableExprs, where []tree.Expr, outer *scop
 		if i > 0 {
 			srcParent = curScope
 		}
-		src, err := c.resolveSource(f.te, srcParent)
-		if err != nil {
-			return nil, nil, nil, err
+		var src *source
+		uncorrelated := false
+		if i > 0 && isDerived(f.te) {
+			// A derived table that does not refer to the items before it
+			// can be run once per execution (hashed or materialised)
+			// instead of once per left row.
+			saved := append([]datum.Type(nil), c.params...)
+			if src, err = c.resolveSource(f.te, outer); err == nil {
+				uncorrelated = true
+			} else if sqlerr.Code(err) == sqlerr.UndefinedColumn {
+				c.params = saved
+				src = nil
+			} else {
+				return nil, nil, nil, err
+			}
+		}
+		if src == nil {
+			if src, err = c.resolveSource(f.te, srcParent); err != nil {
+				return nil, nil, nil, err
+			}
 		}
 		items[i] = resolvedItem{fromItem: f, src: src}
 		it := items[i]
@@ -611,6 +628,15 @@ func (c *compiler) planFrom(from tree.TableExprs, where []tree.Expr, outer *scop
 			}
 			sn.lock = lock
 			right = sn
+			if i == 0 && outer != nil && !lock && sn.acc != accPoint {
+				m, err := c.tryMemoScan(src, rsc, conds, sn)
+				if err != nil {
+					return nil, nil, nil, err
+				}
+				if m != nil {
+					right = m
+				}
+			}
 			if i > 0 && sn.acc == accFull {
 				hashed, err = c.tryHashJoin(src, curScope, conds, outer, lock)
 				if err != nil {
@@ -618,7 +644,16 @@ func (c *compiler) planFrom(from tree.TableExprs, where []tree.Expr, outer *scop
 				}
 			}
 		} else {
+			if uncorrelated {
+				hashed, err = c.tryHashJoin(src, curScope, conds, outer, lock)
+				if err != nil {
+					return nil, nil, nil, err
+				}
+			}
 			right = src.plan
+			if uncorrelated && hashed == nil {
+				right = &materializeNode{in: right, key: new(int)}
+			}
 			if len(conds) > 0 {
 				var fs []*expr
 				for _, cond := range conds {
@@ -645,6 +680,41 @@ func (c *compiler) planFrom(from tree.TableExprs, where []tree.Expr, outer *scop
 		curScope = &scope{cols: cs, parent: outer}
 	}
 	return cur, curScope, pending, nil
+}
+
+// isDerived reports whether te is a subquery in FROM.
+func isDerived(te tree.TableExpr) bool {
+	if a, ok := te.(*tree.AliasedTableExpr); ok {
+		te = a.Expr
+	}
+	_, ok := te.(*tree.Subquery)
+	return ok
+}
+
+// materializeNode runs its input once per execution and replays the rows,
+// for an uncorrelated derived table on the inner side of a nested loop.
+type materializeNode struct {
+	in  plan
+	key *int // rc.cache key
+}
+
+func (n *materializeNode) cols() []col { return n.in.cols() }
+func (n *materializeNode) run(rc *runCtx, emit func(Row) error) error {
+	v, ok := rc.cached(n.key)
+	if !ok {
+		var rows []Row
+		if err := n.in.run(rc, func(r Row) error { rows = append(rows, r); return nil }); err != nil {
+			return err
+		}
+		rc.store(n.key, rows)
+		v = rows
+	}
+	for _, r := range v.([]Row) {
+		if err := emit(r); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 type resolvedItem struct {
@@ -1079,6 +1149,7 @@ func (c *compiler) planSelectClause(s *tree.SelectClause, ob tree.OrderBy, outer
 			an.groups = append(an.groups, x)
 			an.cs = append(an.cs, gc)
 		}
+		c.addDependentGroups(an, ref, sc)
 		for _, f := range aggCalls {
 			key := tree.AsString(f)
 			if _, ok := ref.aggs[key]; ok {
@@ -1173,4 +1244,69 @@ func (c *compiler) planSelectClause(s *tree.SelectClause, ob tree.OrderBy, outer
 		p = &sortNode{in: p, keys: keys, keep: nVisible}
 	}
 	return p, nil
+}
+
+// addDependentGroups lets the select list use any column of a table whose
+// whole primary key is grouped on, as PostgreSQL does (the other columns
+// depend functionally on the key): they are added as extra grouping
+// columns, which does not change the groups.
+func (c *compiler) addDependentGroups(an *aggNode, ref *aggRef, sc *scope) {
+	type tableRef struct {
+		alias string
+		oid   uint32
+	}
+	grouped := map[tableRef]map[int16]bool{}
+	for _, g := range an.groups {
+		if g.col < 0 || g.col >= len(sc.cols) || sc.cols[g.col].tableOID == 0 {
+			continue
+		}
+		cc := sc.cols[g.col]
+		k := tableRef{cc.table, cc.tableOID}
+		if grouped[k] == nil {
+			grouped[k] = map[int16]bool{}
+		}
+		grouped[k][cc.attnum] = true
+	}
+	if len(grouped) == 0 {
+		return
+	}
+	for k, attrs := range grouped {
+		var tbl *catalog.Table
+		for _, t := range c.s.eng.Cat.Tables(c.s.changes) {
+			if t.OID() == k.oid {
+				tbl = t
+				break
+			}
+		}
+		if tbl == nil || len(tbl.PK) == 0 {
+			continue
+		}
+		covered := true
+		for _, pk := range tbl.PK {
+			if !attrs[int16(pk+1)] {
+				covered = false
+				break
+			}
+		}
+		if !covered {
+			continue
+		}
+		for i, cc := range sc.cols {
+			if cc.table != k.alias || cc.tableOID != k.oid || attrs[cc.attnum] {
+				continue
+			}
+			key := cc.table + "." + cc.name
+			if _, ok := ref.groups[key]; ok {
+				continue
+			}
+			idx := i
+			x := &expr{t: cc.typ, col: idx, minCol: idx, maxCol: idx, fn: func(_ *runCtx, row Row) (datum.Value, error) { return row[idx], nil }}
+			ref.groups[key] = len(an.groups)
+			if _, ok := ref.groups[cc.name]; !ok {
+				ref.groups[cc.name] = len(an.groups)
+			}
+			an.groups = append(an.groups, x)
+			an.cs = append(an.cs, cc)
+		}
+	}
 }
