@@ -155,20 +155,20 @@ func stackRelative(in x86asm.Inst) bool {
 	return ok && (m.Base == x86asm.RSP || m.Index == x86asm.RSP)
 }
 
-// applySyscallPatches writes the trampolines and rewrites the sites in
-// guest memory. It returns how many sites it rewrote.
-func (m *machine) applySyscallPatches(f *elf.File) (int, error) {
+// applySyscallPatches writes the trampolines into [tramp, end) and
+// rewrites the sites of ELF f (symbols syms) in guest memory; pa maps the
+// ELF's virtual addresses to guest-physical ones. It returns how many
+// sites it rewrote.
+func (m *machine) applySyscallPatches(f *elf.File, syms *symtab, pa func(uint64) uint64, tramp, end uint64) (int, error) {
 	entry, ok := m.kern.byName[boot.SymCallSyscall]
 	if !ok {
 		return 0, nil // an older kernel: keep SYSCALL
 	}
-	sites, err := findSyscallSites(f, m.prog)
+	sites, err := findSyscallSites(f, syms)
 	if err != nil {
 		return 0, err
 	}
 	sort.Slice(sites, func(i, j int) bool { return sites[i].movAddr < sites[j].movAddr })
-	tramp := uint64(boot.TrampAddr)
-	end := tramp + boot.TrampSize
 	n := 0
 	for _, s := range sites {
 		// Trampoline: MOV (replayed); JMP *0(RIP); .quad entry
@@ -189,8 +189,8 @@ func (m *machine) applySyscallPatches(f *elf.File) (int, error) {
 		if rel != int64(int32(rel)) {
 			continue
 		}
-		copy(m.mem[tramp:], t)
-		site := m.mem[s.movAddr : s.movAddr+uint64(s.movLen)+2]
+		copy(m.mem[pa(tramp):], t)
+		site := m.mem[pa(s.movAddr) : pa(s.movAddr)+uint64(s.movLen)+2]
 		site[0] = 0xe8 // CALL rel32
 		binary.LittleEndian.PutUint32(site[1:], uint32(int32(rel)))
 		for i := 5; i < len(site); i++ {

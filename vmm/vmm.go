@@ -313,7 +313,9 @@ func (m *machine) setup(img *Image) error {
 		if svcFile, err = m.loadNetsvc(img.Netsvc, afterKernel); err != nil {
 			return err
 		}
-		afterKernel = m.svcPA + m.svcEnd + boot.NetsvcStack
+		// One 2 MiB page after its image holds the trampolines of its
+		// rewritten system calls (they must lie within ±2 GiB of its code).
+		afterKernel = m.svcPA + m.svcEnd + boot.HugePageSize + boot.NetsvcStack
 	}
 
 	// Kernel memory after the kernel image.
@@ -337,7 +339,7 @@ func (m *machine) setup(img *Image) error {
 	rsp := m.buildStack(pf, m.layout.mainStack+boot.MainStackSize, m.cfg.Args, m.cfg.Env)
 	var svcRSP uint64
 	if svcFile != nil {
-		svcRSP = m.buildStack(svcFile, m.svcPA+m.svcEnd+boot.NetsvcStack, []string{"netsvc"}, []string{"GOMAXPROCS=1"})
+		svcRSP = m.buildStack(svcFile, m.svcPA+m.svcEnd+boot.HugePageSize+boot.NetsvcStack, []string{"netsvc"}, []string{"GOMAXPROCS=1"})
 	}
 	m.cfg.Log.Debug("vmm: tables built", "elapsed", time.Since(m.start))
 
@@ -393,8 +395,24 @@ func (m *machine) setup(img *Image) error {
 	m.buildVDSO()
 	m.installPrivops()
 	if !m.cfg.KeepSyscall {
-		if m.patched, err = m.applySyscallPatches(pf); err != nil {
+		ident := func(va uint64) uint64 { return va }
+		if m.patched, err = m.applySyscallPatches(pf, m.prog, ident, boot.TrampAddr, boot.TrampAddr+boot.TrampSize); err != nil {
 			return fmt.Errorf("vmm: rewrite system-call sites: %w", err)
+		}
+		if svcFile != nil {
+			// The network service's too: its system calls are most of
+			// the kernel entries of a socket request.
+			syms, err := loadSymtab(svcFile)
+			if err != nil {
+				return fmt.Errorf("vmm: network service symbols: %w", err)
+			}
+			svcPA := func(va uint64) uint64 { return m.svcPA + va - boot.NetsvcBase }
+			lo := boot.NetsvcBase + m.svcEnd
+			n, err := m.applySyscallPatches(svcFile, syms, svcPA, lo, lo+boot.HugePageSize)
+			if err != nil {
+				return fmt.Errorf("vmm: rewrite the network service's system-call sites: %w", err)
+			}
+			m.patched += n
 		}
 	}
 	copy(m.mem[boot.BootInfoAddr:], unsafe.Slice((*byte)(unsafe.Pointer(&biv)), unsafe.Sizeof(biv)))
@@ -427,7 +445,7 @@ func (m *machine) buildPageTables() {
 	}
 	if m.svcEnd != 0 {
 		m.put64(boot.PDPTAddr+8*(boot.NetsvcBase>>30), boot.NetsvcPDAddr|ptFlag)
-		for off := uint64(0); off < m.svcEnd; off += boot.HugePageSize {
+		for off := uint64(0); off < m.svcEnd+boot.HugePageSize; off += boot.HugePageSize {
 			m.put64(boot.NetsvcPDAddr+8*(off>>21), (m.svcPA+off)|ptFlag|ptPS)
 		}
 	}
