@@ -823,7 +823,151 @@ func (c *compiler) between(n *tree.RangeCond, sc *scope) (*expr, error) {
 	}, x, lo, hi), nil
 }
 
+// rowExprs returns the elements of a row constructor of two or more
+// values ((a, b) or ROW(a, b)), or nil.
+func rowExprs(e tree.Expr) tree.Exprs {
+	for {
+		p, ok := e.(*tree.ParenExpr)
+		if !ok {
+			break
+		}
+		e = p.Expr
+	}
+	if t, ok := e.(*tree.Tuple); ok && len(t.Exprs) > 1 {
+		return t.Exprs
+	}
+	return nil
+}
+
+// rowInExpr compiles (a, b, ...) [NOT] IN ((x, y, ...), ...) and
+// (a, b, ...) [NOT] IN (SELECT x, y, ...): each element is compared
+// pairwise as a row equality, with SQL's three-valued result (an element
+// with a NULL comparison and no false one is unknown).
+func (c *compiler) rowInExpr(n *tree.ComparisonExpr, left tree.Exprs, sc *scope) (*expr, error) {
+	not := n.Operator == tree.NotIn
+	xs := make([]*expr, len(left))
+	for i, l := range left {
+		x, err := c.compile(l, sc, datum.Type{})
+		if err != nil {
+			return nil, err
+		}
+		xs[i] = x
+	}
+	eval := func(rc *runCtx, row Row, xs []*expr) (Row, error) {
+		out := make(Row, len(xs))
+		for i, x := range xs {
+			v, err := x.fn(rc, row)
+			if err != nil {
+				return nil, err
+			}
+			out[i] = v
+		}
+		return out, nil
+	}
+	// rowsIn folds the comparisons of v with each candidate row.
+	rowsIn := func(v Row, cands []Row) datum.Value {
+		sawNull := false
+		for _, w := range cands {
+			eq, null := true, false
+			for i := range v {
+				switch {
+				case v[i].IsNull() || w[i].IsNull():
+					null = true
+				case datum.Compare(v[i], w[i]) != 0:
+					eq = false
+				}
+				if !eq {
+					break
+				}
+			}
+			if eq && !null {
+				return datum.Bool(!not)
+			}
+			if eq && null {
+				sawNull = true
+			}
+		}
+		if sawNull {
+			return datum.Null
+		}
+		return datum.Bool(not)
+	}
+	if sub, ok := n.Right.(*tree.Subquery); ok {
+		p, corr, err := c.planSubquery(sub.Select, sc)
+		if err != nil {
+			return nil, err
+		}
+		if len(p.cols()) != len(xs) {
+			return nil, sqlerr.New(sqlerr.SyntaxError, "subquery has %d columns, the row has %d", len(p.cols()), len(xs))
+		}
+		key := new(int)
+		return mk(datum.TBool, func(rc *runCtx, row Row) (datum.Value, error) {
+			v, err := eval(rc, row, xs)
+			if err != nil {
+				return datum.Null, err
+			}
+			var cands []Row
+			if c, ok := rc.cached(key); ok && !corr {
+				cands = c.([]Row)
+			} else {
+				rc.outer = append(rc.outer, row)
+				err := p.run(rc, func(r Row) error { cands = append(cands, r); return nil })
+				rc.outer = rc.outer[:len(rc.outer)-1]
+				if err != nil {
+					return datum.Null, err
+				}
+				if !corr {
+					rc.store(key, cands)
+				}
+			}
+			return rowsIn(v, cands), nil
+		}, xs...), nil
+	}
+	list, ok := n.Right.(*tree.Tuple)
+	if !ok {
+		return nil, sqlerr.New(sqlerr.FeatureNotSupported, "row value IN needs a list of rows or a subquery")
+	}
+	items := make([][]*expr, len(list.Exprs))
+	deps := append([]*expr(nil), xs...)
+	for i, it := range list.Exprs {
+		elems := rowExprs(it)
+		if len(elems) != len(xs) {
+			return nil, sqlerr.New(sqlerr.SyntaxError, "IN list element %d does not have %d values", i+1, len(xs))
+		}
+		items[i] = make([]*expr, len(elems))
+		for j, el := range elems {
+			e, err := c.compile(el, sc, xs[j].t)
+			if err != nil {
+				return nil, err
+			}
+			if el != tree.DNull && left[j] != tree.DNull {
+				if err := comparable(xs[j].t, e.t); err != nil {
+					return nil, err
+				}
+			}
+			items[i][j] = e
+			deps = append(deps, e)
+		}
+	}
+	return mk(datum.TBool, func(rc *runCtx, row Row) (datum.Value, error) {
+		v, err := eval(rc, row, xs)
+		if err != nil {
+			return datum.Null, err
+		}
+		cands := make([]Row, len(items))
+		for i, it := range items {
+			if cands[i], err = eval(rc, row, it); err != nil {
+				return datum.Null, err
+			}
+		}
+		return rowsIn(v, cands), nil
+	}, deps...), nil
+}
+
 func (c *compiler) inExpr(n *tree.ComparisonExpr, sc *scope) (*expr, error) {
+	if left := rowExprs(n.Left); left != nil {
+		return c.rowInExpr(n, left, sc)
+	}
 	not := n.Operator == tree.NotIn
 	x, err := c.compile(n.Left, sc, datum.Type{})
 	if err != nil {

@@ -3,6 +3,7 @@ package exec
 import (
 	"bytes"
 	"fmt"
+	"sort"
 
 	"github.com/auxten/postgresql-parser/pkg/sql/sem/tree"
 
@@ -24,7 +25,12 @@ const (
 	accPoint
 	accRange // PK prefix equality and/or a range on the next column
 	accIndex // secondary index prefix equality
+	accMulti // several primary-key prefixes (IN lists): points or ranges
 )
+
+// maxMultiKeys bounds the keys an IN-list access path enumerates (the
+// product of the lists); beyond it a range or full scan is used.
+const maxMultiKeys = 1024
 
 type bound struct {
 	e         *expr
@@ -42,6 +48,7 @@ type scanNode struct {
 	filter *expr
 	lock   bool // FOR UPDATE: lock rows and re-read them
 	keyCol []int
+	alts   [][]*expr // accMulti: the key prefixes, each like eq
 }
 
 func (n *scanNode) cols() []col { return n.cs }
@@ -76,8 +83,12 @@ func (rc *runCtx) engineTable(name string) (*storage.Table, error) {
 // keyValues evaluates eq expressions and casts them to the key columns'
 // types; ok is false when one is NULL (nothing can match).
 func (n *scanNode) keyPrefix(rc *runCtx, cols []int) ([]byte, bool, error) {
+	return n.keyOf(rc, n.eq, cols)
+}
+
+func (n *scanNode) keyOf(rc *runCtx, eq []*expr, cols []int) ([]byte, bool, error) {
 	var b []byte
-	for i, e := range n.eq {
+	for i, e := range eq {
 		v, err := e.fn(rc, nil)
 		if err != nil {
 			return nil, false, err
@@ -182,6 +193,9 @@ func (n *scanNode) each(rc *runCtx, fn func(key []byte, row Row) error) error {
 		}
 		return nil
 	}
+	if n.acc == accMulti {
+		return n.eachMulti(rc, st, visit)
+	}
 	var start, end []byte
 	if n.acc == accRange {
 		prefix, ok, err := n.keyPrefix(rc, n.keyCol)
@@ -228,6 +242,57 @@ func (n *scanNode) each(rc *runCtx, fn func(key []byte, row Row) error) error {
 			return nil
 		}
 	}
+	return n.scanRange(rc, st, start, end, visit)
+}
+
+// eachMulti visits the rows under each distinct key prefix of an IN-list
+// access path, in key order: rows locked FOR UPDATE are then always taken
+// in the same order, so two transactions locking overlapping lists (TPC-C's
+// NewOrder on stock) cannot deadlock on each other.
+func (n *scanNode) eachMulti(rc *runCtx, st *storage.Table, visit func(key, val []byte, lockIt bool) error) error {
+	keys := make([]string, 0, len(n.alts))
+	seen := make(map[string]bool, len(n.alts))
+	for _, alt := range n.alts {
+		k, ok, err := n.keyOf(rc, alt, n.keyCol)
+		if err != nil {
+			return err
+		}
+		if ok && !seen[string(k)] {
+			seen[string(k)] = true
+			keys = append(keys, string(k))
+		}
+	}
+	sort.Strings(keys)
+	point := len(n.alts[0]) == len(n.keyCol)
+	for _, k := range keys {
+		key := []byte(k)
+		if !point {
+			if err := n.scanRange(rc, st, key, datum.PrefixEnd(key), visit); err != nil {
+				return err
+			}
+			continue
+		}
+		if n.lock {
+			if err := rc.s.lockRow(n.t.DataName(), key); err != nil {
+				return err
+			}
+		}
+		v, found, err := rc.s.tx.Get(st, key)
+		if err != nil {
+			return err
+		}
+		if found {
+			if err := visit(key, v, false); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// scanRange visits the rows with keys in [start, end) (end nil: no bound).
+func (n *scanNode) scanRange(rc *runCtx, st *storage.Table, start, end []byte, visit func(key, val []byte, lockIt bool) error) error {
+	tx := rc.s.tx
 	// Rows are collected per batch so that fn may use the transaction
 	// (e.g. nested scans) outside the engine's scan callback.
 	const batch = 256
@@ -282,12 +347,17 @@ func (c *compiler) planScan(t *catalog.Table, sc *scope, conds []tree.Expr) (*sc
 	lo := map[int]*bound{}
 	hi := map[int]*bound{}
 	var filter []*expr
+	var ins []inAccess
 	for _, cond := range conds {
 		x, err := c.compile(cond, sc, datum.TBool)
 		if err != nil {
 			return nil, err
 		}
 		filter = append(filter, x)
+		if in := c.inListAccess(cond, sc); in != nil {
+			ins = append(ins, *in)
+			continue
+		}
 		cmp, ok := cond.(*tree.ComparisonExpr)
 		if !ok {
 			if rc, ok := cond.(*tree.RangeCond); ok && !rc.Not && !rc.Symmetric {
@@ -364,6 +434,10 @@ func (c *compiler) planScan(t *catalog.Table, sc *scope, conds []tree.Expr) (*sc
 			best, bestLen = ix, l
 		}
 	}
+	if alts := multiPrefixes(t.PK, eq, ins); len(alts) > 0 && len(alts[0]) > len(prefix(t.PK)) && len(alts[0]) >= bestLen {
+		n.acc, n.keyCol, n.alts = accMulti, t.PK, alts
+		return n, nil
+	}
 	if len(t.PK) > 0 {
 		p := prefix(t.PK)
 		n.keyCol = t.PK
@@ -392,6 +466,127 @@ func (c *compiler) planScan(t *catalog.Table, sc *scope, conds []tree.Expr) (*sc
 	}
 	n.acc = accFull
 	return n, nil
+}
+
+// inAccess is an IN list usable as an access path: columns cols (of the
+// table) take the values of one of items (row-free expressions).
+type inAccess struct {
+	cols  []int
+	items [][]*expr
+}
+
+// inListAccess recognises col IN (v, ...) and (c1, c2, ...) IN ((v1, v2),
+// ...) over plain columns with row-free, same-kind values.
+func (c *compiler) inListAccess(cond tree.Expr, sc *scope) *inAccess {
+	cmp, ok := cond.(*tree.ComparisonExpr)
+	if !ok || cmp.Operator != tree.In {
+		return nil
+	}
+	list, ok := cmp.Right.(*tree.Tuple)
+	if !ok || len(list.Exprs) == 0 || len(list.Exprs) > maxMultiKeys {
+		return nil
+	}
+	left := rowExprs(cmp.Left)
+	if left == nil {
+		left = tree.Exprs{cmp.Left}
+	}
+	saved := append([]datum.Type(nil), c.params...)
+	fail := func() *inAccess { c.params = saved; return nil }
+	in := &inAccess{}
+	var types []datum.Type
+	for _, l := range left {
+		x, err := c.compile(l, sc, datum.Type{})
+		if err != nil || x.col < 0 {
+			return fail()
+		}
+		if _, isName := l.(*tree.UnresolvedName); !isName {
+			return fail()
+		}
+		in.cols = append(in.cols, x.col)
+		types = append(types, x.t)
+	}
+	for _, it := range list.Exprs {
+		elems := tree.Exprs{it}
+		if len(left) > 1 {
+			if elems = rowExprs(it); len(elems) != len(left) {
+				return fail()
+			}
+		}
+		vals := make([]*expr, len(elems))
+		for j, el := range elems {
+			v, err := c.compile(el, sc, types[j])
+			if err != nil || !v.rowFree() {
+				return fail()
+			}
+			ka, kb := types[j].Kind(), v.t.Kind()
+			if ka != kb && v.t.OID != datum.OIDUnknown && !(ka == datum.KNumeric && kb == datum.KInt) {
+				return fail()
+			}
+			vals[j] = v
+		}
+		in.items = append(in.items, vals)
+	}
+	return in
+}
+
+// multiPrefixes combines equalities and IN lists on primary-key columns
+// into key prefixes (the product of the lists, at most maxMultiKeys), all
+// of one length; nil when no IN list applies.
+func multiPrefixes(pk []int, eq map[int]*expr, ins []inAccess) [][]*expr {
+	if len(pk) == 0 || len(ins) == 0 {
+		return nil
+	}
+	isPK := map[int]bool{}
+	for _, ci := range pk {
+		isPK[ci] = true
+	}
+	alts := []map[int]*expr{{}}
+	used := false
+	for _, in := range ins {
+		ok := true
+		for _, ci := range in.cols {
+			if !isPK[ci] || alts[0][ci] != nil {
+				ok = false // not a key column, or already constrained by a list
+			}
+		}
+		if !ok || len(alts)*len(in.items) > maxMultiKeys {
+			continue
+		}
+		var next []map[int]*expr
+		for _, a := range alts {
+			for _, it := range in.items {
+				m := make(map[int]*expr, len(a)+len(it))
+				for k, v := range a {
+					m[k] = v
+				}
+				for j, ci := range in.cols {
+					m[ci] = it[j]
+				}
+				next = append(next, m)
+			}
+		}
+		alts, used = next, true
+	}
+	if !used {
+		return nil
+	}
+	out := make([][]*expr, len(alts))
+	for i, a := range alts {
+		for _, ci := range pk {
+			e := a[ci]
+			if e == nil {
+				e = eq[ci]
+			}
+			if e == nil {
+				break
+			}
+			out[i] = append(out[i], e)
+		}
+	}
+	if len(out[0]) == 0 {
+		return nil
+	}
+	return out
 }
 
 // memoScanNode serves a correlated table scan whose correlation is only in
