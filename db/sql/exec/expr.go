@@ -624,6 +624,46 @@ func (c *compiler) compilePair(l, r tree.Expr, sc *scope) (*expr, *expr, error) 
 	return a, b, err
 }
 
+// binaryOperands compiles the operands of a binary operator. When both
+// are untyped (a parameter and a number, as in SET n = $1 + 1), the
+// parameter takes the type the context wants if it is numeric, else the
+// number's type, as PostgreSQL resolves unknown + integer to integer;
+// otherwise the typed side decides (compilePair).
+func (c *compiler) binaryOperands(n *tree.BinaryExpr, sc *scope, want datum.Type) (*expr, *expr, error) {
+	_, lp := n.Left.(*tree.Placeholder)
+	_, rp := n.Right.(*tree.Placeholder)
+	if n.Operator == tree.Concat || !(lp || rp) || !isUntyped(n.Left) || !isUntyped(n.Right) {
+		return c.compilePair(n.Left, n.Right, sc)
+	}
+	hint := datum.Type{}
+	switch want.Kind() {
+	case datum.KInt, datum.KNumeric, datum.KFloat:
+		if want.OID != datum.OIDUnknown {
+			hint = want
+		}
+	}
+	first, second := n.Left, n.Right
+	if lp && !rp {
+		first, second = n.Right, n.Left // the number first: its type guides the parameter
+	}
+	x, err := c.compile(first, sc, hint)
+	if err != nil {
+		return nil, nil, err
+	}
+	h := hint
+	if h.OID == 0 {
+		h = x.t
+	}
+	y, err := c.compile(second, sc, h)
+	if err != nil {
+		return nil, nil, err
+	}
+	if first == n.Left {
+		return x, y, nil
+	}
+	return y, x, nil
+}
+
 func isUntyped(e tree.Expr) bool {
 	switch e.(type) {
 	case *tree.Placeholder, *tree.StrVal, *tree.NumVal:
@@ -1072,7 +1112,7 @@ func resultType(a, b datum.Type) datum.Type {
 }
 
 func (c *compiler) binary(n *tree.BinaryExpr, sc *scope, want datum.Type) (*expr, error) {
-	a, b, err := c.compilePair(n.Left, n.Right, sc)
+	a, b, err := c.binaryOperands(n, sc, want)
 	if err != nil {
 		return nil, err
 	}

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/cumulusdb/cumulus/db/sql/datum"
 	"github.com/cumulusdb/cumulus/db/sql/sqlerr"
 )
 
@@ -217,4 +218,31 @@ func TestRowValueIn(t *testing.T) {
 		t.Fatalf("tag %q", res.Tag)
 	}
 	expect(t, s, "select count(*) from ol", "2")
+}
+
+// TestUntypedArithmeticParameter: in SET n = $1 + 1 the parameter takes
+// the column's (numeric) type, not text.
+func TestUntypedArithmeticParameter(t *testing.T) {
+	e, _ := openEngine(t)
+	s := e.NewSession()
+	run(t, s, "create table d (id int primary key, next_id int, ytd numeric(12,2))")
+	run(t, s, "insert into d values (1, 5, 0)")
+	up, err := s.Prepare("update d set next_id = $1 + 1 where id = $2", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if up.ParamTypes[0] != datum.TInt4 {
+		t.Fatalf("$1 + 1 parameter typed %v", up.ParamTypes[0])
+	}
+	if _, err := s.Execute(up, []datum.Value{datum.Int(41), datum.Int(1)}); err != nil {
+		t.Fatal(err)
+	}
+	expect(t, s, "select next_id from d", "42")
+	sel, err := s.Prepare("select 1 + $1, $1 * 2.5 from d", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sel.ParamTypes[0].Kind() != datum.KInt {
+		t.Fatalf("1 + $1 parameter typed %v", sel.ParamTypes[0])
+	}
 }
