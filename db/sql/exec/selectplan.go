@@ -555,7 +555,7 @@ func (c *compiler) planFrom(from tree.TableExprs, where []tree.Expr, outer *scop
 		return nil, nil, nil, err
 	}
 	items := make([]resolvedItem, len(flat))
-	pending := append([]tree.Expr(nil), where...)
+	pending := impliedEqualities(where)
 	// WHERE conjuncts may not be pushed below the null-extended side of a
 	// LEFT JOIN.
 	var cur plan
@@ -1309,4 +1309,62 @@ func (c *compiler) addDependentGroups(an *aggNode, ref *aggRef, sc *scope) {
 			an.cs = append(an.cs, cc)
 		}
 	}
+}
+
+// impliedEqualities returns the WHERE conjuncts plus col = v for every
+// column equal to a column that equals a constant or parameter v (a = b
+// AND b = $1 gives a = $1), so the scan of a's table can use v as a key
+// although b's table comes later in the FROM list (TPC-C's FROM customer,
+// warehouse WHERE w_id = $1 AND c_w_id = w_id). The added conjuncts are
+// implied by the others, so results do not change.
+func impliedEqualities(where []tree.Expr) []tree.Expr {
+	out := append([]tree.Expr(nil), where...)
+	type pair struct{ a, b *tree.UnresolvedName }
+	var links []pair
+	consts := map[string]tree.Expr{}
+	isConst := func(e tree.Expr) bool {
+		switch e.(type) {
+		case *tree.Placeholder, *tree.NumVal, *tree.StrVal:
+			return true
+		}
+		return false
+	}
+	for _, w := range where {
+		cmp, ok := w.(*tree.ComparisonExpr)
+		if !ok || cmp.Operator != tree.EQ {
+			continue
+		}
+		l, lok := cmp.Left.(*tree.UnresolvedName)
+		r, rok := cmp.Right.(*tree.UnresolvedName)
+		switch {
+		case lok && rok && !l.Star && !r.Star:
+			links = append(links, pair{l, r})
+		case lok && !l.Star && isConst(cmp.Right):
+			consts[tree.AsString(l)] = cmp.Right
+		case rok && !r.Star && isConst(cmp.Left):
+			consts[tree.AsString(r)] = cmp.Left
+		}
+	}
+	if len(links) == 0 || len(consts) == 0 {
+		return out
+	}
+	for changed := true; changed; {
+		changed = false
+		for _, p := range links {
+			ka, kb := tree.AsString(p.a), tree.AsString(p.b)
+			va, aok := consts[ka]
+			vb, bok := consts[kb]
+			switch {
+			case aok && !bok:
+				consts[kb] = va
+				out = append(out, &tree.ComparisonExpr{Operator: tree.EQ, Left: p.b, Right: va})
+				changed = true
+			case bok && !aok:
+				consts[ka] = vb
+				out = append(out, &tree.ComparisonExpr{Operator: tree.EQ, Left: p.a, Right: vb})
+				changed = true
+			}
+		}
+	}
+	return out
 }

@@ -246,3 +246,21 @@ func TestUntypedArithmeticParameter(t *testing.T) {
 		t.Fatalf("1 + $1 parameter typed %v", sel.ParamTypes[0])
 	}
 }
+
+// TestImpliedEqualities: a = b AND b = $1 lets a's scan use $1 as a key
+// even when a's table comes first in FROM.
+func TestImpliedEqualities(t *testing.T) {
+	e, _ := openEngine(t)
+	s := e.NewSession()
+	run(t, s, "create table customer (c_w_id int, c_d_id int, c_id int, c_last text, primary key (c_w_id, c_d_id, c_id))")
+	run(t, s, "create table warehouse (w_id int primary key, w_tax numeric(4,4))")
+	run(t, s, "insert into customer values (1,1,5,'a'),(2,1,5,'b')")
+	run(t, s, "insert into warehouse values (1, 0.1), (2, 0.2)")
+	q := "select c_last, w_tax from customer, warehouse where w_id = 2 and c_w_id = w_id and c_d_id = 1 and c_id = 5"
+	expect(t, s, q, "b,0.2000")
+	if sh := planShape(t, s, q); sh != fmt.Sprintf("apply scan(customer,acc=%d) scan(warehouse,acc=%d)", accPoint, accPoint) {
+		t.Fatalf("implied key equality not used: %s", sh)
+	}
+	// LEFT JOIN: the WHERE equality still filters null-extended rows.
+	expect(t, s, "select count(*) from warehouse left join customer on c_w_id = w_id and c_id = 6 where c_w_id = w_id and w_id = 1", "0")
+}
