@@ -1236,14 +1236,44 @@ func (c *compiler) planSelectClause(s *tree.SelectClause, ob tree.OrderBy, outer
 		}
 		keys = append(keys, sortKey{col: idx, desc: o.Direction == tree.Descending, nullsFirst: nullsFirst(o)})
 	}
+	ordered := !s.Distinct && len(keys) > 0 && scanOrdered(p, keys, exprs)
 	p = &projectNode{in: p, exprs: exprs, cs: cs}
 	if s.Distinct {
 		p = &distinctNode{in: p}
 	}
-	if len(keys) > 0 {
+	if len(keys) > 0 && !ordered {
 		p = &sortNode{in: p, keys: keys, keep: nVisible}
 	}
 	return p, nil
+}
+
+// scanOrdered reports whether in, a (filtered) primary-key range scan,
+// already yields rows in the order of keys (ascending, on the key columns
+// after its equality prefix), so no sort is needed and a LIMIT stops the
+// scan early (TPC-C Delivery: the oldest new order of a district).
+func scanOrdered(in plan, keys []sortKey, exprs []*expr) bool {
+	for {
+		f, ok := in.(*filterNode)
+		if !ok {
+			break
+		}
+		in = f.in
+	}
+	sn, ok := in.(*scanNode)
+	if !ok || (sn.acc != accRange && sn.acc != accPoint) || len(sn.keyCol) == 0 {
+		return false
+	}
+	rest := sn.keyCol[len(sn.eq):]
+	if len(keys) > len(rest) {
+		return false
+	}
+	for i, k := range keys {
+		x := exprs[k.col]
+		if k.desc || x.col < 0 || x.col != rest[i] || x.col >= len(sn.cs) || x.col != x.minCol || x.col != x.maxCol {
+			return false
+		}
+	}
+	return true
 }
 
 // addDependentGroups lets the select list use any column of a table whose

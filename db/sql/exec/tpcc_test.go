@@ -62,6 +62,7 @@ func shapeOf(p plan) string {
 			out = append(out, "agg")
 			walk(n.in)
 		case *sortNode:
+			out = append(out, "sort")
 			walk(n.in)
 		case *limitNode:
 			walk(n.in)
@@ -193,7 +194,7 @@ func TestRowValueIn(t *testing.T) {
 	run(t, s, "insert into ol values (1,1,1,1,5),(1,1,1,2,6),(1,1,2,1,7),(1,2,1,1,8),(1,2,2,1,9)")
 	q := "select w, i, q from st where (w, i) in ((1,3),(2,1),(1,3),(9,9)) order by w, i"
 	expect(t, s, q, "1,3,30;2,1,40")
-	if sh := planShape(t, s, q); sh != fmt.Sprintf("scan(st,acc=%d)", accMulti) {
+	if sh := planShape(t, s, q); sh != fmt.Sprintf("sort scan(st,acc=%d)", accMulti) {
 		t.Fatalf("row IN on the key not planned as lookups: %s", sh)
 	}
 	expect(t, s, "select count(*) from st where i in (2, 2, 3) and w = 1", "2")
@@ -263,4 +264,32 @@ func TestImpliedEqualities(t *testing.T) {
 	}
 	// LEFT JOIN: the WHERE equality still filters null-extended rows.
 	expect(t, s, "select count(*) from warehouse left join customer on c_w_id = w_id and c_id = 6 where c_w_id = w_id and w_id = 1", "0")
+}
+
+// TestOrderedRangeScanLimit: ORDER BY the key columns after the equality
+// prefix needs no sort, LIMIT stops the scan, and FOR UPDATE locks the
+// row returned.
+func TestOrderedRangeScanLimit(t *testing.T) {
+	e, _ := openEngine(t)
+	s := e.NewSession()
+	run(t, s, "create table no (w int, d int, o int, primary key (w, d, o))")
+	var vals []string
+	for o := 1; o <= 300; o++ {
+		vals = append(vals, fmt.Sprintf("(1,1,%d),(1,2,%d)", 1000-o, o))
+	}
+	run(t, s, "insert into no values "+strings.Join(vals, ","))
+	q := "select o from no where w = 1 and d = 1 order by o asc limit 1"
+	expect(t, s, q, "700")
+	if sh := planShape(t, s, q); strings.Contains(sh, "sort") || !strings.HasPrefix(sh, "scan(no") {
+		t.Fatalf("ordered scan still sorted: %s", sh)
+	}
+	expect(t, s, "select o from no where w = 1 and d = 2 and o > 5 order by o limit 3", "6;7;8")
+	expect(t, s, "select o from no where w = 1 and d = 2 order by o desc limit 2", "300;299")
+	expect(t, s, "select d, o from no where w = 1 order by d, o limit 2", "1,700;1,701")
+	expect(t, s, "select o from no where w = 1 and d = 2 order by o limit 2 offset 10", "11;12")
+	run(t, s, "begin")
+	expect(t, s, "select o from no where w = 1 and d = 2 order by o limit 1 for update", "1")
+	run(t, s, "delete from no where w = 1 and d = 2 and o = 1")
+	run(t, s, "commit")
+	expect(t, s, "select min(o) from no where w = 1 and d = 2", "2")
 }
