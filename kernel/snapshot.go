@@ -92,6 +92,7 @@ func snapCreate(src, n uintptr) (uintptr, int64) {
 	if n == 0 || (src|n)&(mm.HugeSize-1) != 0 || src+n < src || src < mmapLo || src+n > mmapTop {
 		return 0, -_EINVAL
 	}
+	t0 := nanotime()
 	mmlock.lock()
 	defer mmlock.unlock()
 	if cow.PT == nil {
@@ -145,7 +146,11 @@ func snapCreate(src, n uintptr) (uintptr, int64) {
 	}
 	// Every vCPU drops translations cached before the source became
 	// read-only: from here on the view holds the state of this instant.
+	tf := nanotime()
 	cow.FlushAndFree()
+	t1 := nanotime()
+	snapCnt.CreateFlushNs += uint64(t1 - tf)
+	snapCnt.CreateNs += uint64(t1 - t0)
 	snaps[slot] = snapRec{live: true, src: src, view: view, n: n, vbase: vbase, vlen: vlen}
 	snapCnt.Created++
 	snapCounters()
@@ -156,6 +161,7 @@ func snapCreate(src, n uintptr) (uintptr, int64) {
 // referenced are freed after a TLB flush; source pages nothing shares any
 // more become writable again (no faults after the last snapshot is gone).
 func snapRelease(view uintptr) int64 {
+	t0 := nanotime()
 	mmlock.lock()
 	defer mmlock.unlock()
 	for k := range snaps {
@@ -166,12 +172,15 @@ func snapRelease(view uintptr) int64 {
 		if err := cow.Drop(s.view, s.n); err != nil {
 			return -_ENOMEM
 		}
+		tf := nanotime()
 		cow.FlushAndFree()
+		snapCnt.ReleaseFlushNs += uint64(nanotime() - tf)
 		cow.Restore(s.src, s.n)
 		vmas.Remove(s.vbase, s.vbase+s.vlen)
 		ranges.Free(currentCPU(), s.vbase, s.vlen)
 		s.live = false
 		snapCnt.Released++
+		snapCnt.ReleaseNs += uint64(nanotime() - t0)
 		snapCounters()
 		return 0
 	}

@@ -356,6 +356,8 @@ func cmdBench(args []string) error {
 	switch args[0] {
 	case "blk":
 		return cmdBenchBlk(args[1:])
+	case "snapshot":
+		return cmdBenchSnapshot(args[1:])
 	case "alloc":
 		fs := flag.NewFlagSet("bench alloc", flag.ExitOnError)
 		out := fs.String("out", "out/bench", "directory for the reports")

@@ -7,9 +7,10 @@ package linux
 // writers go on, the source is write-protected with userfaultfd
 // (UFFDIO_WRITEPROTECT, Linux ≥ 5.7 for anonymous memory; root or
 // vm.unprivileged_userfaultfd=1) before copying: a writer that touches a
-// page not copied yet faults, a handler goroutine copies that page first
+// page not copied yet faults, the copier copies that page next
 // and lifts the protection for it, and the writer resumes. The copier lifts
-// the protection chunk by chunk behind itself. Creation therefore costs a
+// the protection chunk by chunk behind itself, serving faults between
+// chunks. Creation therefore costs a
 // full copy (and the view's memory), unlike the unikernel's page-table
 // snapshot; a fork()-based snapshot (HyPer) is measured by bench/snapshot.
 // Without userfaultfd the view is a plain copy, exact only if no writer
@@ -17,8 +18,6 @@ package linux
 
 import (
 	"fmt"
-	"runtime"
-	"sync"
 	"sync/atomic"
 	"unsafe"
 
@@ -28,19 +27,18 @@ import (
 )
 
 const (
-	uffdAPI               = 0xAA
-	uffdioAPI             = 0xc018aa3f
-	uffdioRegister        = 0xc020aa00
-	uffdioUnregister      = 0x8010aa01
-	uffdioWriteprotect    = 0xc018aa06
-	uffdRegisterModeWP    = 1 << 1
-	uffdWPModeWP          = 1 << 0
-	uffdFeatureWP         = 1 << 0  // UFFD_FEATURE_PAGEFAULT_FLAG_WP
-	uffdFeatureWPUnpop    = 1 << 14 // UFFD_FEATURE_WP_UNPOPULATED (6.4+)
-	uffdEventPagefault    = 0x12
-	snapChunk             = 2 << 20
-	snapPage              = 4096
-	pageCopying, pageDone = 1, 2
+	uffdAPI            = 0xAA
+	uffdioAPI          = 0xc018aa3f
+	uffdioRegister     = 0xc020aa00
+	uffdioUnregister   = 0x8010aa01
+	uffdioWriteprotect = 0xc018aa06
+	uffdRegisterModeWP = 1 << 1
+	uffdWPModeWP       = 1 << 0
+	uffdFeatureWP      = 1 << 0  // UFFD_FEATURE_PAGEFAULT_FLAG_WP
+	uffdFeatureWPUnpop = 1 << 14 // UFFD_FEATURE_WP_UNPOPULATED (6.4+)
+	uffdEventPagefault = 0x12
+	snapChunk          = 2 << 20
+	snapPage           = 4096
 )
 
 type uffdioRange struct{ start, len uint64 }
@@ -136,51 +134,40 @@ func uffdCopy(src, dst []byte) error {
 	if err := protect(0, n, true); err != nil {
 		return err
 	}
-	state := make([]atomic.Uint32, n/snapPage)
+	// One goroutine copies and serves faults between chunks: a writer
+	// that faulted waits at most one chunk's copy. (A separate handler
+	// goroutine would need a P, which the faulting writer's thread holds
+	// while it is blocked in the fault.)
+	done := make([]bool, n/snapPage)
 	copyPage := func(i uint64) {
-		if state[i].CompareAndSwap(0, pageCopying) {
+		if !done[i] {
 			copy(dst[i*snapPage:(i+1)*snapPage], src[i*snapPage:(i+1)*snapPage])
-			state[i].Store(pageDone)
-			return
-		}
-		for state[i].Load() != pageDone {
-			runtime.Gosched()
+			done[i] = true
 		}
 	}
-	var done atomic.Bool
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() { // fault handler
-		defer wg.Done()
-		var msg [32]byte
-		fds := []unix.PollFd{{Fd: int32(uffd), Events: unix.POLLIN}}
-		for !done.Load() {
-			if k, _ := unix.Poll(fds, 1); k <= 0 {
+	var msg [32]byte
+	serve := func() {
+		for {
+			r, err := unix.Read(uffd, msg[:])
+			if err != nil || r != len(msg) {
+				return
+			}
+			if msg[0] != uffdEventPagefault {
 				continue
 			}
-			for {
-				r, err := unix.Read(uffd, msg[:])
-				if err != nil || r != len(msg) {
-					break
-				}
-				if msg[0] != uffdEventPagefault {
-					continue
-				}
-				addr := *(*uint64)(unsafe.Pointer(&msg[16])) &^ (snapPage - 1)
-				off := addr - base
-				copyPage(off / snapPage)
-				protect(off, snapPage, false) // wakes the writer
-			}
+			off := *(*uint64)(unsafe.Pointer(&msg[16]))&^(snapPage-1) - base
+			copyPage(off / snapPage)
+			protect(off, snapPage, false) // wakes the writer
 		}
-	}()
+	}
 	for off := uint64(0); off < n; off += snapChunk {
+		serve()
 		end := min(off+snapChunk, n)
 		for i := off / snapPage; i < end/snapPage; i++ {
 			copyPage(i)
 		}
 		protect(off, end-off, false)
 	}
-	done.Store(true)
-	wg.Wait()
+	serve()
 	return nil
 }

@@ -162,6 +162,11 @@ type SnapCounters struct {
 	Created  uint64 // snapshots taken
 	Released uint64 // snapshots released
 	Live     uint64 // snapshots alive now
+
+	CreateNs       uint64 // time in snapshot creation, in the kernel (sum)
+	CreateFlushNs  uint64 // of which TLB flushes (the monitor's CR3 reload on every vCPU)
+	ReleaseNs      uint64 // time in release (sum)
+	ReleaseFlushNs uint64 // of which TLB flushes
 }
 
 const pendingMax = 512
