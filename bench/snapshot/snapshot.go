@@ -71,7 +71,7 @@ type guestResult struct {
 	Consistent bool      `json:"consistent"`
 	Counters   *struct {
 		Shares, LiveWrites, TableCopies, PageCopies, CopyBytes, PageReuses, Flushes, FramesFreed uint64
-		Faults, Breaks                                                                           uint64
+		Faults, Breaks, CreateNs, CreateFlushNs, ReleaseNs, ReleaseFlushNs                       uint64
 	} `json:"counters"`
 }
 
