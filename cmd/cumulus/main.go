@@ -356,6 +356,8 @@ func cmdBench(args []string) error {
 	switch args[0] {
 	case "blk":
 		return cmdBenchBlk(args[1:])
+	case "tpcc":
+		return cmdBenchTPCC(args[1:])
 	case "snapshot":
 		return cmdBenchSnapshot(args[1:])
 	case "alloc":
