@@ -294,7 +294,7 @@ func idle(c int) {
 	start := rdtsc()
 	spin := bi.TSCKHz * idleSpinUS / 1000
 	for rdtsc()-start < spin {
-		if runqLen.Load() > 0 || nanotime() >= nextDeadline.Load() || atomic.LoadUint64(&bi.IRQPending) != 0 {
+		if runqLen.Load() > 0 || nanotime() >= nextDeadline.Load() || irqPending() {
 			atomic.StoreUint64(&pc.halted, cpuBusy)
 			return
 		}
@@ -305,7 +305,7 @@ func idle(c int) {
 	}
 	// A waker that saw us spinning did not kick: look once more now
 	// that wakers see us halted.
-	if runqLen.Load() > 0 || atomic.LoadUint64(&bi.IRQPending) != 0 {
+	if runqLen.Load() > 0 || irqPending() {
 		atomic.StoreUint64(&pc.halted, cpuBusy)
 		return
 	}
@@ -319,11 +319,18 @@ func idle(c int) {
 	atomic.StoreUint64(&pc.halted, 0)
 }
 
+// irqPending reports whether a device raised an interrupt the kernel has
+// not handled. The tick can arrive before kinit has set bi.
+func irqPending() bool { return bi != nil && atomic.LoadUint64(&bi.IRQPending) != 0 }
+
 // checkIRQs wakes the futex waiters of every device that raised an
 // interrupt (a driver waits on its BootInfo.IRQCount word). The monitor
 // sets the pending bit after the count, so a waiter woken here sees the
 // new count. klock held.
 func checkIRQs() {
+	if bi == nil {
+		return // a tick before kinit: no devices yet
+	}
 	p := atomic.SwapUint64(&bi.IRQPending, 0)
 	for i := 0; p != 0 && i < boot.MaxDevices; i++ {
 		if p&(1<<uint(i)) != 0 {
@@ -385,7 +392,7 @@ func preemptCheck(c int, force bool) {
 	tick := atomic.SwapUint64(&pc.tickPend, 0) != 0
 	cur := curThread[c]
 	now := nanotime()
-	if !force && !tick && now < nextDeadline.Load() && atomic.LoadUint64(&bi.IRQPending) == 0 &&
+	if !force && !tick && now < nextDeadline.Load() && !irqPending() &&
 		(runqLen.Load() == 0 || now-threads[cur].sliceStart < timeSlice) {
 		return
 	}

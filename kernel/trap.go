@@ -55,6 +55,12 @@ func syscallTrap() {
 func tickTrap() {
 	pc := pcpu()
 	atomic.AddUint64(&pc.ticks, 1)
+	if booted.Load() == 0 {
+		// A tick before the program's first system call (a slow start
+		// on a loaded host): nothing is set up to schedule yet, not even
+		// the thread table; resume the program.
+		return
+	}
 	preemptCheck(int(pc.cpu), true)
 	leaveKernel(int(pc.cpu))
 }
