@@ -539,6 +539,6 @@ func (rep *Report) plot(path string) error {
 		first += fmt.Sprintf(" ratio %.2f", rep.Ratio)
 	}
 	p.NominalX(first, "all transactions")
-	p.Legend.Top = true
+	p.Legend.Top, p.Legend.Left = true, true // the tallest bars are on the right
 	return p.Save(7*vg.Inch, 4*vg.Inch, path)
 }
