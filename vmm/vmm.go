@@ -584,7 +584,11 @@ func (m *machine) initVCPU(v *vcpu, entry, rsp uint64) error {
 	s.LDT = kvm.Segment{Unusable: 1}
 	s.GDT = kvm.DTable{Base: tables, Limit: boot.GDTSize - 1}
 	s.IDT = kvm.DTable{Base: boot.IDTAddr, Limit: 32*16 - 1}
-	s.CR0 = 0x80050033 // PG WP NE ET MP PE
+	// PG WP NE ET MP PE, without AM: alignment checking is of no use to
+	// Go programs, and under load PVM was seen handing a CPL 3 guest
+	// RFLAGS with AC set (from no instruction of ours), which with AM
+	// turned an unaligned load in the runtime into #AC (SIGBUS).
+	s.CR0 = 0x80010033
 	s.CR3 = boot.PML4Addr
 	s.CR4 = 0x20 | 0x200 | 0x400 | 0x10000 | 0x40000 // PAE OSFXSR OSXMMEXCPT FSGSBASE OSXSAVE
 	s.EFER = 0x1 | 0x100 | 0x400 | 0x800             // SCE LME LMA NXE
