@@ -80,8 +80,14 @@ func measureImage(pgbench, mode string, cfg config, dur time.Duration, disk stri
 	}
 	r, err := measure(pgbench, "cumulusdb-image", mode, port, "cumulus", cfg, dur)
 	close(stop)
-	if derr := <-done; err == nil && derr != nil {
-		err = derr
+	derr := <-done
+	if err != nil {
+		// What the image said is the first thing to look at.
+		tail := stderr.String()
+		if len(tail) > 4000 {
+			tail = tail[len(tail)-4000:]
+		}
+		return r, fmt.Errorf("%w\nimage stderr (tail):\n%s", err, tail)
 	}
-	return r, err
+	return r, derr
 }
