@@ -4,14 +4,11 @@ import (
 	"bytes"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/cumulusdb/cumulus/vmm"
-	"github.com/cumulusdb/cumulus/vmm/build"
 )
 
 // The virtio-blk disk end to end: the guest driver (kernel/dev/virtio/blk
@@ -20,40 +17,8 @@ import (
 // the image is booted again on the same file and reads them back, and the
 // host checks the file itself.
 
-var (
-	blkOnce sync.Once
-	blkImg  *vmm.Image
-	blkErr  error
-)
-
 func blkGuestImage(t *testing.T) *vmm.Image {
-	t.Helper()
-	needKVM(t)
-	blkOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "blkguest-")
-		if err != nil {
-			blkErr = err
-			return
-		}
-		defer os.RemoveAll(dir)
-		out := filepath.Join(dir, "blkguest")
-		cmd := exec.Command("go", "build", "-o", out, "./testdata/blkguest")
-		cmd.Env = append(os.Environ(), "GOOS=linux", "GOARCH=amd64", "CGO_ENABLED=0")
-		if msg, err := cmd.CombinedOutput(); err != nil {
-			blkErr = &buildError{err, string(msg)}
-			return
-		}
-		prog, err := os.ReadFile(out)
-		if err != nil {
-			blkErr = err
-			return
-		}
-		blkImg, blkErr = build.Image("blkguest", prog)
-	})
-	if blkErr != nil {
-		t.Fatal(blkErr)
-	}
-	return blkImg
+	return testdataImage(t, "blkguest")
 }
 
 func bootBlk(t *testing.T, disks []vmm.Disk, args ...string) run {

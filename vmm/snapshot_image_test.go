@@ -2,55 +2,18 @@ package vmm_test
 
 import (
 	"bytes"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/cumulusdb/cumulus/vmm"
-	"github.com/cumulusdb/cumulus/vmm/build"
 )
 
 // Copy-on-write snapshots inside the image (kernel/snapshot.go,
 // kernel/mm/cow.go, kapi/unikernel): testdata/snapguest.
 
-var (
-	snapOnce sync.Once
-	snapImg  *vmm.Image
-	snapErr  error
-)
-
 func snapGuestImage(t *testing.T) *vmm.Image {
-	t.Helper()
-	needKVM(t)
-	snapOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "snapguest-")
-		if err != nil {
-			snapErr = err
-			return
-		}
-		defer os.RemoveAll(dir)
-		out := filepath.Join(dir, "snapguest")
-		cmd := exec.Command("go", "build", "-o", out, "./testdata/snapguest")
-		cmd.Env = append(os.Environ(), "GOOS=linux", "GOARCH=amd64", "CGO_ENABLED=0")
-		if msg, err := cmd.CombinedOutput(); err != nil {
-			snapErr = &buildError{err, string(msg)}
-			return
-		}
-		prog, err := os.ReadFile(out)
-		if err != nil {
-			snapErr = err
-			return
-		}
-		snapImg, snapErr = build.Image("snapguest", prog)
-	})
-	if snapErr != nil {
-		t.Fatal(snapErr)
-	}
-	return snapImg
+	return testdataImage(t, "snapguest")
 }
 
 func bootSnap(t *testing.T, args ...string) (vmm.Result, string) {

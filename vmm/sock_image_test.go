@@ -6,53 +6,16 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
-	"os/exec"
-	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/cumulusdb/cumulus/vmm"
-	"github.com/cumulusdb/cumulus/vmm/build"
-)
-
-var (
-	netguestOnce sync.Once
-	netguestImg  *vmm.Image
-	netguestErr  error
 )
 
 // netguestImage builds testdata/netguest into an image (with the network
 // service), once.
 func netguestImage(t testing.TB) *vmm.Image {
-	t.Helper()
-	needKVM(t)
-	netguestOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "netguest-")
-		if err != nil {
-			netguestErr = err
-			return
-		}
-		defer os.RemoveAll(dir)
-		out := filepath.Join(dir, "netguest")
-		cmd := exec.Command("go", "build", "-o", out, "./testdata/netguest")
-		cmd.Env = append(os.Environ(), "GOOS=linux", "GOARCH=amd64", "CGO_ENABLED=0")
-		if msg, err := cmd.CombinedOutput(); err != nil {
-			netguestErr = &buildError{err, string(msg)}
-			return
-		}
-		prog, err := os.ReadFile(out)
-		if err != nil {
-			netguestErr = err
-			return
-		}
-		netguestImg, netguestErr = build.Image("netguest", prog)
-	})
-	if netguestErr != nil {
-		t.Fatal(netguestErr)
-	}
-	return netguestImg
+	return testdataImage(t, "netguest")
 }
 
 // TestSocketsLoopback: an unmodified Go program uses net inside the image:

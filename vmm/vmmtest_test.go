@@ -24,41 +24,8 @@ func needKVM(t testing.TB) {
 	}
 }
 
-var (
-	guestOnce sync.Once
-	guestImg  *vmm.Image
-	guestErr  error
-)
-
-// guestImage builds testdata/guest and bundles it with the kernel, once.
-func guestImage(t testing.TB) *vmm.Image {
-	t.Helper()
-	needKVM(t)
-	guestOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "guest-")
-		if err != nil {
-			guestErr = err
-			return
-		}
-		out := filepath.Join(dir, "guest")
-		cmd := exec.Command("go", "build", "-o", out, "./testdata/guest")
-		cmd.Env = append(os.Environ(), "GOOS=linux", "GOARCH=amd64", "CGO_ENABLED=0")
-		if msg, err := cmd.CombinedOutput(); err != nil {
-			guestErr = &buildError{err, string(msg)}
-			return
-		}
-		prog, err := os.ReadFile(out)
-		if err != nil {
-			guestErr = err
-			return
-		}
-		guestImg, guestErr = build.Image("guest", prog)
-	})
-	if guestErr != nil {
-		t.Fatal(guestErr)
-	}
-	return guestImg
-}
+// guestImage is testdata/guest as an image, built once.
+func guestImage(t testing.TB) *vmm.Image { return testdataImage(t, "guest") }
 
 type buildError struct {
 	err error
@@ -66,3 +33,53 @@ type buildError struct {
 }
 
 func (e *buildError) Error() string { return e.err.Error() + "\n" + e.out }
+
+var (
+	testImagesMu sync.Mutex
+	testImages   = map[string]*testImage{}
+)
+
+type testImage struct {
+	once sync.Once
+	img  *vmm.Image
+	err  error
+}
+
+// testdataImage builds testdata/NAME into an image with the kernel (and
+// the network service), once per test binary.
+func testdataImage(t testing.TB, name string) *vmm.Image {
+	t.Helper()
+	needKVM(t)
+	testImagesMu.Lock()
+	ti := testImages[name]
+	if ti == nil {
+		ti = &testImage{}
+		testImages[name] = ti
+	}
+	testImagesMu.Unlock()
+	ti.once.Do(func() {
+		dir, err := os.MkdirTemp("", name+"-")
+		if err != nil {
+			ti.err = err
+			return
+		}
+		defer os.RemoveAll(dir)
+		out := filepath.Join(dir, name)
+		cmd := exec.Command("go", "build", "-o", out, "./testdata/"+name)
+		cmd.Env = append(os.Environ(), "GOOS=linux", "GOARCH=amd64", "CGO_ENABLED=0")
+		if msg, err := cmd.CombinedOutput(); err != nil {
+			ti.err = &buildError{err, string(msg)}
+			return
+		}
+		prog, err := os.ReadFile(out)
+		if err != nil {
+			ti.err = err
+			return
+		}
+		ti.img, ti.err = build.Image(name, prog)
+	})
+	if ti.err != nil {
+		t.Fatal(ti.err)
+	}
+	return ti.img
+}
