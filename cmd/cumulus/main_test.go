@@ -2,9 +2,11 @@ package main
 
 import (
 	"bytes"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -111,5 +113,29 @@ func TestParseSize(t *testing.T) {
 	}
 	if _, err := parseSize("lots"); err == nil {
 		t.Error("bad size accepted")
+	}
+}
+
+// TestUp is the README's main job: `cumulus up -once` builds the server
+// image, boots it with its port published, and a host client's session
+// through the image's network stack succeeds; the boots table shows the
+// commits of earlier boots survive.
+func TestUp(t *testing.T) {
+	needKVM(t)
+	bin := cumulus(t)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	out, err := exec.Command(bin, "up", "-once", "-port", strconv.Itoa(port)).CombinedOutput()
+	if err != nil {
+		t.Fatalf("up: %v\n%s", err, out)
+	}
+	for _, want := range []string{"connected from the host", "grace | 225.50", "boots_so_far", "stopped after"} {
+		if !bytes.Contains(out, []byte(want)) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -60,6 +61,8 @@ func cmdUp(args []string) (int, error) {
 	}
 	cfg.Ports = append(cfg.Ports, vmm.PortForward{HostAddr: "127.0.0.1", HostPort: *port, GuestPort: 5432})
 	stop := make(chan struct{})
+	var stopOnce sync.Once
+	halt := func() { stopOnce.Do(func() { close(stop) }) } // Ctrl-C may come twice
 	cfg.Stop = stop
 	fmt.Fprintf(os.Stderr, "cumulus: booting it on %d vCPU(s), %s of memory, under KVM (data: %s as /data; port 127.0.0.1:%d)...\n", rf.cpus, rf.mem, dataDir, *port)
 
@@ -97,17 +100,17 @@ func cmdUp(args []string) (int, error) {
 		case err := <-sessionErr:
 			if err != nil {
 				fmt.Fprintf(os.Stderr, "cumulus: %v\n", err)
-				close(stop)
+				halt()
 				<-done
 				return 1, nil
 			}
 			if *once {
-				close(stop)
+				halt()
 				continue
 			}
 			fmt.Printf("cumulus: serving; connect with: psql -h 127.0.0.1 -p %d -U cumulus cumulus   (Ctrl-C stops the image)\n", *port)
 		case <-sig:
-			close(stop)
+			halt()
 		}
 	}
 }
