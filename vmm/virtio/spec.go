@@ -1,48 +1,52 @@
 package virtio
 
 // Constants of the virtio 1.x specification (OASIS virtio v1.2) that the
-// transport and the device models share.
+// transport and the device models share. Those the guest driver needs too
+// take their values from it (kernel/dev/virtio), so that the two sides of
+// the contract cannot drift apart.
+
+import drv "github.com/cumulusdb/cumulus/kernel/dev/virtio"
 
 // MMIO register offsets (§4.2.2).
 const (
-	RegMagicValue        = 0x000
-	RegVersion           = 0x004
-	RegDeviceID          = 0x008
-	RegVendorID          = 0x00c
-	RegDeviceFeatures    = 0x010
-	RegDeviceFeaturesSel = 0x014
-	RegDriverFeatures    = 0x020
-	RegDriverFeaturesSel = 0x024
-	RegQueueSel          = 0x030
-	RegQueueNumMax       = 0x034
-	RegQueueNum          = 0x038
-	RegQueueReady        = 0x044
-	RegQueueNotify       = 0x050
-	RegInterruptStatus   = 0x060
-	RegInterruptACK      = 0x064
-	RegStatus            = 0x070
-	RegQueueDescLow      = 0x080
-	RegQueueDescHigh     = 0x084
-	RegQueueDriverLow    = 0x090
-	RegQueueDriverHigh   = 0x094
-	RegQueueDeviceLow    = 0x0a0
-	RegQueueDeviceHigh   = 0x0a4
-	RegConfigGeneration  = 0x0fc
-	RegConfig            = 0x100
+	RegMagicValue        = drv.RegMagic
+	RegVersion           = drv.RegVersion
+	RegDeviceID          = drv.RegDeviceID
+	RegVendorID          = drv.RegVendorID
+	RegDeviceFeatures    = drv.RegDeviceFeatures
+	RegDeviceFeaturesSel = drv.RegDeviceFeaturesSel
+	RegDriverFeatures    = drv.RegDriverFeatures
+	RegDriverFeaturesSel = drv.RegDriverFeaturesSel
+	RegQueueSel          = drv.RegQueueSel
+	RegQueueNumMax       = drv.RegQueueNumMax
+	RegQueueNum          = drv.RegQueueNum
+	RegQueueReady        = drv.RegQueueReady
+	RegQueueNotify       = drv.RegQueueNotify
+	RegInterruptStatus   = drv.RegInterruptStatus
+	RegInterruptACK      = drv.RegInterruptACK
+	RegStatus            = drv.RegStatus
+	RegQueueDescLow      = drv.RegQueueDescLow
+	RegQueueDescHigh     = drv.RegQueueDescHigh
+	RegQueueDriverLow    = drv.RegQueueDriverLow
+	RegQueueDriverHigh   = drv.RegQueueDriverHigh
+	RegQueueDeviceLow    = drv.RegQueueDeviceLow
+	RegQueueDeviceHigh   = drv.RegQueueDeviceHigh
+	RegConfigGeneration  = drv.RegConfigGeneration
+	RegConfig            = drv.RegConfig
 
-	MagicValue = 0x74726976 // "virt"
-	Version    = 2          // virtio 1.x MMIO (1 is the legacy interface)
-	VendorID   = 0x554d4d43 // "CMMU": ours, not a PCI vendor
+	MagicValue = drv.MagicValue // "virt"
+	Version    = 2              // virtio 1.x MMIO (1 is the legacy interface)
+	VendorID   = 0x554d4d43     // "CMMU": ours, not a PCI vendor
 )
 
 // Device status bits (§2.1).
 const (
-	StatusAcknowledge      = 1
-	StatusDriver           = 2
-	StatusDriverOK         = 4
-	StatusFeaturesOK       = 8
-	StatusDeviceNeedsReset = 64
-	StatusFailed           = 128
+	StatusAcknowledge      = drv.StatusAcknowledge
+	StatusDriver           = drv.StatusDriver
+	StatusDriverOK         = drv.StatusDriverOK
+	StatusFeaturesOK       = drv.StatusFeaturesOK
+	StatusDeviceNeedsReset = drv.StatusDeviceNeedsReset
+	StatusFailed           = drv.StatusFailed
 )
 
 // InterruptStatus bits (§4.2.2).
@@ -55,7 +59,7 @@ const (
 const (
 	FRingIndirectDesc = 1 << 28
 	FRingEventIdx     = 1 << 29
-	FVersion1         = 1 << 32
+	FVersion1         = drv.FVersion1
 )
 
 // Split virtqueue layout (§2.7).
