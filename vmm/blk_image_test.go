@@ -2,7 +2,7 @@ package vmm_test
 
 import (
 	"bytes"
-	"math/rand/v2"
+	"github.com/cumulusdb/cumulus/vmm/internal/diskpattern"
 	"os"
 	"path/filepath"
 	"testing"
@@ -48,10 +48,10 @@ func TestBlkImageReboot(t *testing.T) {
 	if len(f) != 64<<20 {
 		t.Fatalf("disk file is %d bytes", len(f))
 	}
-	single, runs := blkBlocks(11, len(f)/4096)
+	single, runs := diskpattern.Blocks(11, len(f)/4096)
 	want := make([]byte, 4096)
 	for _, b := range append(single[:200], runs...) {
-		blkPattern(want, 11, b)
+		diskpattern.Pattern(want, 11, b)
 		if !bytes.Equal(f[b*4096:(b+1)*4096], want) {
 			t.Fatalf("host file: block %d differs from what the guest wrote", b)
 		}
@@ -75,40 +75,4 @@ func TestBlkImageReadOnly(t *testing.T) {
 	}
 	r := bootBlk(t, []vmm.Disk{{Path: disk, ReadOnly: true}}, "readonly")
 	expectOK(t, r, "readonly")
-}
-
-// blkPattern and blkBlocks repeat testdata/blkguest's Pattern and Blocks.
-func blkPattern(b []byte, seed, blk uint64) {
-	x := seed*0x9e3779b97f4a7c15 ^ blk*0xbf58476d1ce4e5b9 | 1
-	for i := 0; i+8 <= len(b); i += 8 {
-		x ^= x << 13
-		x ^= x >> 7
-		x ^= x << 17
-		for j := 0; j < 8; j++ {
-			b[i+j] = byte(x >> (8 * j))
-		}
-	}
-}
-
-func blkBlocks(seed uint64, n int) (single []uint64, runs []uint64) {
-	n -= 256
-	rng := rand.New(rand.NewPCG(seed, 99))
-	used := map[uint64]bool{}
-	for len(runs) < 40 {
-		b := uint64(rng.IntN(n/16)) * 16
-		if !used[b] {
-			for i := uint64(0); i < 16; i++ {
-				used[b+i] = true
-			}
-			runs = append(runs, b)
-		}
-	}
-	for len(single) < 1500 {
-		b := uint64(rng.IntN(n))
-		if !used[b] {
-			used[b] = true
-			single = append(single, b)
-		}
-	}
-	return single, runs
 }

@@ -18,6 +18,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"github.com/cumulusdb/cumulus/vmm/internal/diskpattern"
 	"math/rand/v2"
 	"os"
 	"strconv"
@@ -40,45 +41,6 @@ func main() {
 		}
 		fmt.Println("ok", name)
 	}
-}
-
-// Pattern fills b with the contents of 4 KiB block blk for seed.
-func Pattern(b []byte, seed, blk uint64) {
-	x := seed*0x9e3779b97f4a7c15 ^ blk*0xbf58476d1ce4e5b9 | 1
-	for i := 0; i+8 <= len(b); i += 8 {
-		x ^= x << 13
-		x ^= x >> 7
-		x ^= x << 17
-		for j := 0; j < 8; j++ {
-			b[i+j] = byte(x >> (8 * j))
-		}
-	}
-}
-
-// Blocks returns the distinct blocks written for seed on a disk of n
-// blocks, and which start a 64 KiB (16-block) run. The last 1 MiB is the
-// sync step's.
-func Blocks(seed uint64, n int) (single []uint64, runs []uint64) {
-	n -= 256
-	rng := rand.New(rand.NewPCG(seed, 99))
-	used := map[uint64]bool{}
-	for len(runs) < 40 {
-		b := uint64(rng.IntN(n/16)) * 16
-		if !used[b] {
-			for i := uint64(0); i < 16; i++ {
-				used[b+i] = true
-			}
-			runs = append(runs, b)
-		}
-	}
-	for len(single) < 1500 {
-		b := uint64(rng.IntN(n))
-		if !used[b] {
-			used[b] = true
-			single = append(single, b)
-		}
-	}
-	return single, runs
 }
 
 func openQueue() (kapi.BlockQueue, error) {
@@ -105,7 +67,7 @@ type job struct {
 }
 
 func jobs(q kapi.BlockQueue, seed uint64) []job {
-	single, runs := Blocks(seed, int(q.Size()/4096))
+	single, runs := diskpattern.Blocks(seed, int(q.Size()/4096))
 	var js []job
 	for _, b := range runs {
 		js = append(js, job{int64(b) * 4096, b, 64 << 10})
@@ -127,7 +89,7 @@ func runJobs(q kapi.BlockQueue, js []job, op kapi.BlockOp, seed uint64) error {
 		bufs[i] = b[:j.size]
 		if op == kapi.BlockWrite {
 			for k := 0; k < j.size/4096; k++ {
-				Pattern(bufs[i][k*4096:(k+1)*4096], seed, j.blk+uint64(k))
+				diskpattern.Pattern(bufs[i][k*4096:(k+1)*4096], seed, j.blk+uint64(k))
 			}
 		} else {
 			clear(bufs[i])
@@ -170,7 +132,7 @@ func runJobs(q kapi.BlockQueue, js []job, op kapi.BlockOp, seed uint64) error {
 		want := make([]byte, 4096)
 		for i, j := range js {
 			for k := 0; k < j.size/4096; k++ {
-				Pattern(want, seed, j.blk+uint64(k))
+				diskpattern.Pattern(want, seed, j.blk+uint64(k))
 				if !bytes.Equal(bufs[i][k*4096:(k+1)*4096], want) {
 					return fmt.Errorf("block %d differs", j.blk+uint64(k))
 				}
