@@ -610,27 +610,13 @@ type memoScanNode struct {
 
 func (n *memoScanNode) cols() []col { return n.base.cols() }
 func (n *memoScanNode) run(rc *runCtx, emit func(Row) error) error {
-	keyOf := func(xs []*expr, r Row) (string, bool, error) {
-		vals := make(Row, len(xs))
-		for i, x := range xs {
-			v, err := x.fn(rc, r)
-			if err != nil {
-				return "", false, err
-			}
-			if v.IsNull() {
-				return "", false, nil
-			}
-			vals[i] = v
-		}
-		return string(rowKey(nil, vals)), true, nil
-	}
 	var table map[string][]Row
 	if v, ok := rc.cached(n.key); ok {
 		table = v.(map[string][]Row)
 	} else {
 		table = map[string][]Row{}
 		if err := n.base.run(rc, func(r Row) error {
-			k, ok, err := keyOf(n.keys, r)
+			k, ok, err := hashKey(rc, n.keys, r)
 			if err != nil || !ok {
 				return err
 			}
@@ -641,7 +627,7 @@ func (n *memoScanNode) run(rc *runCtx, emit func(Row) error) error {
 		}
 		rc.store(n.key, table)
 	}
-	k, ok, err := keyOf(n.probes, nil)
+	k, ok, err := hashKey(rc, n.probes, nil)
 	if err != nil || !ok {
 		return err
 	}

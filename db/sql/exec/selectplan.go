@@ -345,24 +345,27 @@ type hashJoin struct {
 }
 
 func (n *hashJoin) cols() []col { return n.cs }
+
+// hashKey evaluates keys on r into a hash-table key; ok is false when a
+// key is NULL (which matches nothing).
+func hashKey(rc *runCtx, keys []*expr, r Row) (key string, ok bool, err error) {
+	vals := make(Row, len(keys))
+	for i, k := range keys {
+		v, err := k.fn(rc, r)
+		if err != nil {
+			return "", false, err
+		}
+		if v.IsNull() {
+			return "", false, nil
+		}
+		vals[i] = v
+	}
+	return string(rowKey(nil, vals)), true, nil
+}
 func (n *hashJoin) run(rc *runCtx, emit func(Row) error) error {
 	table := map[string][]Row{}
-	keyOf := func(keys []*expr, r Row) (string, bool, error) {
-		vals := make(Row, len(keys))
-		for i, k := range keys {
-			v, err := k.fn(rc, r)
-			if err != nil {
-				return "", false, err
-			}
-			if v.IsNull() {
-				return "", false, nil
-			}
-			vals[i] = v
-		}
-		return string(rowKey(nil, vals)), true, nil
-	}
 	if err := n.right.run(rc, func(r Row) error {
-		k, ok, err := keyOf(n.rkeys, r)
+		k, ok, err := hashKey(rc, n.rkeys, r)
 		if err != nil || !ok {
 			return err
 		}
@@ -372,7 +375,7 @@ func (n *hashJoin) run(rc *runCtx, emit func(Row) error) error {
 		return err
 	}
 	return n.left.run(rc, func(l Row) error {
-		k, ok, err := keyOf(n.lkeys, l)
+		k, ok, err := hashKey(rc, n.lkeys, l)
 		if err != nil {
 			return err
 		}
