@@ -58,6 +58,7 @@ const (
 type sockEntry struct {
 	used  bool
 	refs  int32  // descriptors referring to it
+	fd    int32  // the descriptor it was opened as (the only one while refs == 1)
 	ready uint32 // epoll mask last reported by the service
 }
 
@@ -154,6 +155,7 @@ func sysSocketImpl(c int, cur int32, domain, typ, proto uintptr) int64 {
 		return -_ENFILE
 	}
 	fds[fd].sock = id
+	socks[id].fd = int32(fd)
 	fds[fd].nonblock = typ&sockNonblk != 0
 	svcSlot(cur, boot.SvcSocket, id, 0, domain, typ&^(sockNonblk|sockCloexec), proto, 0, 0, uintptr(fd))
 	return svcSubmit(c, cur)
@@ -183,6 +185,7 @@ func sysAcceptImpl(c int, cur int32, fd int, addr, alen, flags uintptr) int64 {
 		return -_ENFILE
 	}
 	fds[nfd].sock = nid
+	socks[nid].fd = int32(nfd)
 	fds[nfd].nonblock = flags&sockNonblk != 0
 	svcSlot(cur, boot.SvcAccept, id, flagsOf(nb), addr, alen, flags, uintptr(nid), 0, uintptr(nfd))
 	return svcSubmit(c, cur)
@@ -242,6 +245,13 @@ func sockClose(c int, cur int32, fd int) int64 {
 	s := &socks[id]
 	s.refs--
 	if s.refs > 0 {
+		if s.refs == 1 { // the descriptor left may be a dup
+			for i := range fds {
+				if fds[i].kind == fdSocket && fds[i].sock == id {
+					s.fd = int32(i)
+				}
+			}
+		}
 		kunlock()
 		return 0
 	}
@@ -294,6 +304,11 @@ func svcReady(id int, mask uint32) int64 {
 		return 0
 	}
 	s.ready = mask
+	if s.refs == 1 { // no dup: one descriptor, no table scan
+		fds[s.fd].gen++
+		wakeEpollFor(int(s.fd))
+		return 0
+	}
 	for fd := range fds {
 		if fds[fd].kind == fdSocket && fds[fd].sock == int32(id) {
 			fds[fd].gen++
