@@ -58,6 +58,26 @@ const (
 // ErrNoKVM is returned by Open when /dev/kvm is missing or not accessible.
 var ErrNoKVM = errors.New("kvm: /dev/kvm is not available (no KVM on this host, or no permission; CumulusDB images need a KVM-capable Linux host)")
 
+// ioctlPtr is ioctl with a pointer argument. The argument stays an
+// unsafe.Pointer until the system call itself: a uintptr made from a
+// pointer and passed through an ordinary function call is invisible to the
+// runtime, so if the caller's goroutine stack grew (and moved) on the way
+// down, the kernel would read the old stack. That happened: KVM_SET_XCRS
+// failed with EINVAL when vmm.Run ran on a fresh goroutine.
+func ioctlPtr(fd int, req uintptr, arg unsafe.Pointer) (uintptr, error) {
+	for {
+		r, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), req, uintptr(arg))
+		if e == unix.EINTR && req != kvmRun {
+			continue
+		}
+		if e != 0 {
+			return r, e
+		}
+		return r, nil
+	}
+}
+
+// ioctl is ioctl with an integer argument (never a pointer: see ioctlPtr).
 func ioctl(fd int, req uintptr, arg uintptr) (uintptr, error) {
 	for {
 		r, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), req, arg)
@@ -130,7 +150,7 @@ type cpuid2 struct {
 func (s *System) SupportedCPUID() ([]CPUIDEntry, error) {
 	c := new(cpuid2)
 	c.n = uint32(len(c.entries))
-	if _, err := ioctl(s.fd, kvmGetSupportedCPUID, uintptr(unsafe.Pointer(c))); err != nil {
+	if _, err := ioctlPtr(s.fd, kvmGetSupportedCPUID, unsafe.Pointer(c)); err != nil {
 		return nil, fmt.Errorf("kvm: get supported cpuid: %w", err)
 	}
 	return append([]CPUIDEntry(nil), c.entries[:c.n]...), nil
@@ -168,7 +188,7 @@ type userMemoryRegion struct {
 // SetMemory maps host memory mem at guest-physical address gpa in slot.
 func (vm *VM) SetMemory(slot uint32, gpa uint64, mem []byte) error {
 	r := userMemoryRegion{slot: slot, guestPhys: gpa, size: uint64(len(mem)), userAddr: uint64(uintptr(unsafe.Pointer(&mem[0])))}
-	if _, err := ioctl(vm.fd, kvmSetUserMemoryRegion, uintptr(unsafe.Pointer(&r))); err != nil {
+	if _, err := ioctlPtr(vm.fd, kvmSetUserMemoryRegion, unsafe.Pointer(&r)); err != nil {
 		return fmt.Errorf("kvm: set memory region slot %d at %#x (%d bytes): %w", slot, gpa, len(mem), err)
 	}
 	return nil
@@ -236,25 +256,25 @@ type Sregs struct {
 
 // GetRegs reads the general-purpose registers.
 func (c *VCPU) GetRegs(r *Regs) error {
-	_, err := ioctl(c.fd, kvmGetRegs, uintptr(unsafe.Pointer(r)))
+	_, err := ioctlPtr(c.fd, kvmGetRegs, unsafe.Pointer(r))
 	return err
 }
 
 // SetRegs writes the general-purpose registers.
 func (c *VCPU) SetRegs(r *Regs) error {
-	_, err := ioctl(c.fd, kvmSetRegs, uintptr(unsafe.Pointer(r)))
+	_, err := ioctlPtr(c.fd, kvmSetRegs, unsafe.Pointer(r))
 	return err
 }
 
 // GetSregs reads the special registers.
 func (c *VCPU) GetSregs(s *Sregs) error {
-	_, err := ioctl(c.fd, kvmGetSregs, uintptr(unsafe.Pointer(s)))
+	_, err := ioctlPtr(c.fd, kvmGetSregs, unsafe.Pointer(s))
 	return err
 }
 
 // SetSregs writes the special registers.
 func (c *VCPU) SetSregs(s *Sregs) error {
-	_, err := ioctl(c.fd, kvmSetSregs, uintptr(unsafe.Pointer(s)))
+	_, err := ioctlPtr(c.fd, kvmSetSregs, unsafe.Pointer(s))
 	return err
 }
 
@@ -262,7 +282,7 @@ func (c *VCPU) SetSregs(s *Sregs) error {
 func (c *VCPU) SetCPUID(entries []CPUIDEntry) error {
 	cp := new(cpuid2)
 	cp.n = uint32(copy(cp.entries[:], entries))
-	_, err := ioctl(c.fd, kvmSetCPUID2, uintptr(unsafe.Pointer(cp)))
+	_, err := ioctlPtr(c.fd, kvmSetCPUID2, unsafe.Pointer(cp))
 	if err != nil {
 		return fmt.Errorf("kvm: set cpuid: %w", err)
 	}
@@ -288,7 +308,7 @@ func (c *VCPU) SetMSRs(m map[uint32]uint64) error {
 		b.entries[b.n] = msrEntry{index: k, data: v}
 		b.n++
 	}
-	n, err := ioctl(c.fd, kvmSetMSRs, uintptr(unsafe.Pointer(&b)))
+	n, err := ioctlPtr(c.fd, kvmSetMSRs, unsafe.Pointer(&b))
 	if err != nil {
 		return fmt.Errorf("kvm: set msrs: %w", err)
 	}
@@ -303,7 +323,7 @@ func (c *VCPU) GetMSR(index uint32) (uint64, error) {
 	var b msrs
 	b.n = 1
 	b.entries[0].index = index
-	n, err := ioctl(c.fd, kvmGetMSRs, uintptr(unsafe.Pointer(&b)))
+	n, err := ioctlPtr(c.fd, kvmGetMSRs, unsafe.Pointer(&b))
 	if err != nil || n != 1 {
 		return 0, fmt.Errorf("kvm: get msr %#x: %v", index, err)
 	}
@@ -324,7 +344,7 @@ func (c *VCPU) SetXCR0(v uint64) error {
 	var x xcrs
 	x.n = 1
 	x.xcrs[0].value = v
-	if _, err := ioctl(c.fd, kvmSetXCRs, uintptr(unsafe.Pointer(&x))); err != nil {
+	if _, err := ioctlPtr(c.fd, kvmSetXCRs, unsafe.Pointer(&x)); err != nil {
 		return fmt.Errorf("kvm: set xcr0=%#x: %w", v, err)
 	}
 	return nil
@@ -342,7 +362,7 @@ func (c *VCPU) TSCKHz() (uint64, error) {
 // Interrupt queues external interrupt vector v (user-space irqchip). It is
 // only accepted while Run reports ReadyForInterrupt.
 func (c *VCPU) Interrupt(v uint32) error {
-	_, err := ioctl(c.fd, kvmInterrupt, uintptr(unsafe.Pointer(&v)))
+	_, err := ioctlPtr(c.fd, kvmInterrupt, unsafe.Pointer(&v))
 	return err
 }
 
