@@ -159,8 +159,53 @@ func TestCrashRecovery(t *testing.T) {
 	if os.Getenv("CUMULUS_CRASH_DB") != "" {
 		t.Skip("child")
 	}
-	iters := crashIterations()
 	path := filepath.Join(t.TempDir(), "db")
+	crashLoop(t, crashIterations(), path, func(starts []string) (*crashChild, error) {
+		return startProcessChild(path, starts)
+	}, func(rng *rand.Rand) time.Duration {
+		return time.Duration(5+rng.IntN(250)) * time.Millisecond
+	})
+}
+
+// crashChild is one run of the writer: a process or a booted image.
+type crashChild struct {
+	stdout io.Reader
+	kill   func()       // at a random instant
+	wait   func() error // nil if the writer died by the kill and nothing else
+	stderr func() string
+}
+
+func startProcessChild(path string, starts []string) (*crashChild, error) {
+	cmd := exec.Command(os.Args[0], "-test.run=^TestCrashChild$", "-test.count=1")
+	cmd.Env = append(os.Environ(), "CUMULUS_CRASH_DB="+path, "CUMULUS_CRASH_START="+strings.Join(starts, ","))
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	return &crashChild{
+		stdout: stdout,
+		kill:   func() { cmd.Process.Signal(syscall.SIGKILL) },
+		wait: func() error {
+			werr := cmd.Wait()
+			if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); !ok || !ws.Signaled() {
+				return fmt.Errorf("child did not die by the signal: %v", werr)
+			}
+			return nil
+		},
+		stderr: stderr.String,
+	}, nil
+}
+
+// crashLoop creates the database at path, then iters times: starts a
+// writer, kills it after delay(rng), recovers on the host and checks every
+// writer's keys against the model.
+func crashLoop(t *testing.T, iters int, path string, start func(starts []string) (*crashChild, error), delay func(*rand.Rand) time.Duration) {
+	t.Helper()
 	db, err := storage.Open(path, crashOptions())
 	if err != nil {
 		t.Fatal(err)
@@ -177,20 +222,14 @@ func TestCrashRecovery(t *testing.T) {
 	}
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 1))
 	totalAcked, inFlightCommitted := 0, 0
+	var recovery time.Duration
 	for it := 0; it < iters; it++ {
 		starts := make([]string, crashWriters)
 		for w, m := range models {
 			starts[w] = strconv.Itoa(m.next)
 		}
-		cmd := exec.Command(os.Args[0], "-test.run=^TestCrashChild$", "-test.count=1")
-		cmd.Env = append(os.Environ(), "CUMULUS_CRASH_DB="+path, "CUMULUS_CRASH_START="+strings.Join(starts, ","))
-		stdout, err := cmd.StdoutPipe()
+		child, err := start(starts)
 		if err != nil {
-			t.Fatal(err)
-		}
-		var stderr strings.Builder
-		cmd.Stderr = &stderr
-		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
 		acked := make([]int, crashWriters)
@@ -200,7 +239,7 @@ func TestCrashRecovery(t *testing.T) {
 		done := make(chan struct{})
 		go func() {
 			defer close(done)
-			sc := bufio.NewScanner(stdout)
+			sc := bufio.NewScanner(child.stdout)
 			for sc.Scan() {
 				var w, j int
 				if _, err := fmt.Sscanf(sc.Text(), "%d %d", &w, &j); err == nil && w < crashWriters {
@@ -208,13 +247,12 @@ func TestCrashRecovery(t *testing.T) {
 				}
 			}
 		}()
-		delay := time.Duration(5+rng.IntN(250)) * time.Millisecond
+		delay := delay(rng)
 		time.Sleep(delay)
-		cmd.Process.Signal(syscall.SIGKILL)
+		child.kill()
 		<-done
-		werr := cmd.Wait()
-		if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); !ok || !ws.Signaled() {
-			t.Fatalf("iteration %d: child did not die by the signal: %v\n%s", it, werr, stderr.String())
+		if err := child.wait(); err != nil {
+			t.Fatalf("iteration %d: %v\n%s", it, err, child.stderr())
 		}
 
 		recStart := time.Now()
@@ -222,6 +260,7 @@ func TestCrashRecovery(t *testing.T) {
 		if err != nil {
 			t.Fatalf("iteration %d: recovery failed: %v", it, err)
 		}
+		recovery += time.Since(recStart)
 		if os.Getenv("CUMULUS_CRASH_VERBOSE") != "" {
 			t.Logf("iteration %d: killed after %v, recovery took %v, stats %+v", it, delay, time.Since(recStart), db.Stats())
 		}
@@ -271,8 +310,8 @@ func TestCrashRecovery(t *testing.T) {
 			t.Fatalf("iteration %d: close: %v", it, err)
 		}
 	}
-	t.Logf("%d crash iterations, %d acknowledged transactions verified, %d unacknowledged in-flight commits found durable",
-		iters, totalAcked, inFlightCommitted)
+	t.Logf("%d crash iterations, %d acknowledged transactions verified, %d unacknowledged in-flight commits found durable, mean recovery %v",
+		iters, totalAcked, inFlightCommitted, recovery/time.Duration(max(iters, 1)))
 	if totalAcked == 0 {
 		t.Fatal("no transaction was ever acknowledged: the test exercised nothing")
 	}
