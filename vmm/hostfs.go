@@ -119,6 +119,37 @@ func (h *hostFS) resolve(dirfd int64, p string, write bool) (string, *Share, err
 	return host, best, nil
 }
 
+// builtinFiles are what a Linux program expects to find in /etc when no
+// share provides it: Go's resolver reads /etc/hosts, and without it
+// "localhost" would go to DNS (and fail) inside the image. A share that
+// covers the path takes precedence.
+var builtinFiles = map[string]string{
+	"/etc/hosts":         "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n",
+	"/etc/nsswitch.conf": "hosts: files dns\n",
+}
+
+// openBuiltin opens a read-only in-memory copy of a built-in file.
+func (h *hostFS) openBuiltin(guest, content string) (int64, error) {
+	fd, err := unix.MemfdCreate("cumulus"+strings.ReplaceAll(guest, "/", "-"), unix.MFD_CLOEXEC)
+	if err != nil {
+		return 0, err
+	}
+	if _, err := unix.Write(fd, []byte(content)); err != nil {
+		unix.Close(fd)
+		return 0, err
+	}
+	// Reopen read-only, so that the guest's writes fail as on a file it
+	// may not write.
+	ro, err := unix.Open(fmt.Sprintf("/proc/self/fd/%d", fd), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	unix.Close(fd)
+	if err != nil {
+		return 0, err
+	}
+	h.next++
+	h.files[h.next] = &hostFile{fd: ro, guest: guest, ro: true}
+	return h.next, nil
+}
+
 func errno(err error) uint64 {
 	e := unix.EIO
 	errors.As(err, &e)
@@ -176,6 +207,13 @@ func (h *hostFS) call(m *machine, nr uint64, arg func(int) uint64) (int64, error
 		flags := int(arg(2))
 		write := flags&(unix.O_WRONLY|unix.O_RDWR|unix.O_CREAT|unix.O_TRUNC) != 0
 		p, _, err := pathAt(0, 1, write)
+		if err == unix.ENOENT && !write {
+			if g, gerr := str(1); gerr == nil {
+				if content, ok := builtinFiles[path.Clean(g)]; ok {
+					return h.openBuiltin(path.Clean(g), content)
+				}
+			}
+		}
 		if err != nil {
 			return 0, err
 		}

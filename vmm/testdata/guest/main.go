@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math/big"
+	"net"
 	"os"
 	"runtime"
 	"runtime/debug"
@@ -225,6 +226,16 @@ func run(name, arg string) error {
 		}
 		if _, err := os.ReadFile("/ro/../../etc/passwd"); err == nil {
 			return fmt.Errorf("a path escaping the share was readable")
+		}
+		// Built-in /etc/hosts: "localhost" resolves without DNS.
+		if hosts, err := os.ReadFile("/etc/hosts"); err != nil || !strings.Contains(string(hosts), "127.0.0.1\tlocalhost") {
+			return fmt.Errorf("built-in /etc/hosts: %q %v", hosts, err)
+		}
+		if addrs, err := net.LookupHost("localhost"); err != nil || len(addrs) == 0 {
+			return fmt.Errorf("lookup localhost: %v %v", addrs, err)
+		}
+		if err := os.WriteFile("/etc/hosts", nil, 0o644); err == nil {
+			return fmt.Errorf("the built-in /etc/hosts was writable")
 		}
 		n, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
 		if err != nil {
