@@ -206,6 +206,9 @@ func (h *hostFS) call(m *machine, nr uint64, arg func(int) uint64) (int64, error
 	case 257: // openat(dirfd, path, flags, mode)
 		flags := int(arg(2))
 		write := flags&(unix.O_WRONLY|unix.O_RDWR|unix.O_CREAT|unix.O_TRUNC) != 0
+		if g, err := str(1); err == nil && g == "" {
+			return 0, unix.ENOENT // as Linux: an empty path names nothing
+		}
 		p, _, err := pathAt(0, 1, write)
 		if err == unix.ENOENT && !write {
 			if g, gerr := str(1); gerr == nil {
