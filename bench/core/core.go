@@ -70,6 +70,18 @@ type Startup struct {
 	ImageSyscalls uint64  `json:"image_syscalls"`
 }
 
+// Scaling is compute-parallel (fixed total work split over GOMAXPROCS
+// goroutines) on 1 vCPU and on the run's vCPU count, for both sides.
+type Scaling struct {
+	CPUs         int     `json:"vcpus"`
+	Linux1Ns     float64 `json:"linux_1cpu_ns_per_op"`
+	LinuxNNs     float64 `json:"linux_ncpu_ns_per_op"`
+	Image1Ns     float64 `json:"image_1cpu_ns_per_op"`
+	ImageNNs     float64 `json:"image_ncpu_ns_per_op"`
+	LinuxSpeedup float64 `json:"linux_speedup"`
+	ImageSpeedup float64 `json:"image_speedup"`
+}
+
 // Report is the whole run.
 type Report struct {
 	Name    string    `json:"name"`
@@ -78,6 +90,7 @@ type Report struct {
 	MemMiB  uint64    `json:"mem_mib"`
 	Startup Startup   `json:"startup"`
 	Rows    []Row     `json:"rows"`
+	Scaling *Scaling  `json:"smp_scaling,omitempty"`
 }
 
 // Options control a run.
@@ -217,12 +230,48 @@ func Run(o Options) (*Report, error) {
 				ExitsPerSec: float64(res.Stats.Exits) / res.Stats.Wall.Seconds()})
 		}
 	}
+	if len(o.Only) == 0 && o.CPUs > 1 {
+		sc, err := scaling(img, bin, o)
+		if err != nil {
+			return nil, err
+		}
+		rep.Scaling = sc
+	}
 	if o.OutDir != "" {
 		if err := rep.write(o.OutDir); err != nil {
 			return rep, err
 		}
 	}
 	return rep, nil
+}
+
+// scaling measures compute-parallel on 1 and o.CPUs processors.
+func scaling(img *vmm.Image, bin string, o Options) (*Scaling, error) {
+	sc := &Scaling{CPUs: o.CPUs}
+	for _, c := range []struct {
+		cpus       int
+		linux, img *float64
+	}{{1, &sc.Linux1Ns, &sc.Image1Ns}, {o.CPUs, &sc.LinuxNNs, &sc.ImageNNs}} {
+		fmt.Fprintf(o.Progress, "%-16s %d CPU: linux...", "compute-parallel", c.cpus)
+		lin, _, err := linuxRun(bin, "compute-parallel", c.cpus)
+		if err != nil {
+			return nil, err
+		}
+		oc := o
+		oc.CPUs = c.cpus
+		_, out, err := runImage(img, oc, "compute-parallel")
+		if err != nil {
+			return nil, err
+		}
+		ns, _, _, err := parse(out)
+		if err != nil {
+			return nil, err
+		}
+		*c.linux, *c.img = lin, ns
+		fmt.Fprintf(o.Progress, " %.2f ns/op; image %.2f ns/op\n", lin, ns)
+	}
+	sc.LinuxSpeedup, sc.ImageSpeedup = sc.Linux1Ns/sc.LinuxNNs, sc.Image1Ns/sc.ImageNNs
+	return sc, nil
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
@@ -298,6 +347,10 @@ func (r *Report) Table() string {
 		if x.ImageFreeNs != 0 {
 			fmt.Fprintf(&b, "%-16s %12.1f %12.1f %7.2fx   (free)\n", "", x.LinuxFreeNs, x.ImageFreeNs, x.ImageFreeNs/x.LinuxFreeNs)
 		}
+	}
+	if sc := r.Scaling; sc != nil {
+		fmt.Fprintf(&b, "SMP speed-up, compute-parallel 1 → %d CPUs: linux %.2fx (%.2f → %.2f ns/op)   image %.2fx (%.2f → %.2f ns/op)\n",
+			sc.CPUs, sc.LinuxSpeedup, sc.Linux1Ns, sc.LinuxNNs, sc.ImageSpeedup, sc.Image1Ns, sc.ImageNNs)
 	}
 	return b.String()
 }

@@ -137,6 +137,31 @@ func main() {
 		if x == 42 {
 			fmt.Println()
 		}
+	case "compute-parallel":
+		// The same total work as "compute", split over GOMAXPROCS
+		// goroutines: run with 1 and then N vCPUs (GOMAXPROCS on Linux),
+		// the ratio of the two is the SMP speed-up.
+		ops = 1 << 29
+		n := runtime.GOMAXPROCS(0)
+		var wg sync.WaitGroup
+		var sink atomic.Uint64
+		start := time.Now()
+		for g := 0; g < n; g++ {
+			wg.Add(1)
+			go func(g int) {
+				defer wg.Done()
+				x := uint64(g + 1)
+				for i := 0; i < ops/n; i++ {
+					x = x*6364136223846793005 + 1442695040888963407
+				}
+				sink.Add(x)
+			}(g)
+		}
+		wg.Wait()
+		el = time.Since(start)
+		if sink.Load() == 42 {
+			fmt.Println()
+		}
 	case "presence", "presence-pagemap":
 		// Residency checks on random pages of a 256 MiB range whose even
 		// 2 MiB blocks are touched: kapi.Default().Memory().Resident (the
