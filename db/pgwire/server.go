@@ -266,7 +266,11 @@ func (c *conn) startSession(m *pgproto3.StartupMessage) (bool, error) {
 	c.srv.mu.Unlock()
 	for k, v := range m.Parameters {
 		switch k {
-		case "user", "database", "options", "replication":
+		case "user", "database", "replication":
+		case "options":
+			for _, kv := range startupOptions(v) {
+				c.sess.SetVar(kv[0], kv[1])
+			}
 		default:
 			c.sess.SetVar(k, v)
 		}
@@ -665,4 +669,53 @@ func (c *conn) execute(m *pgproto3.Execute) error {
 	}
 	c.be.Send(&pgproto3.CommandComplete{CommandTag: []byte(res.Tag)})
 	return nil
+}
+
+// startupOptions reads the "options" startup parameter (libpq's options,
+// PGOPTIONS): "-c name=value" or "--name=value" settings separated by
+// spaces, a backslash escaping the next character.
+func startupOptions(s string) [][2]string {
+	var words []string
+	var w strings.Builder
+	inWord := false
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c == '\\' && i+1 < len(s):
+			i++
+			w.WriteByte(s[i])
+			inWord = true
+		case c == ' ' || c == '\t':
+			if inWord {
+				words = append(words, w.String())
+				w.Reset()
+				inWord = false
+			}
+		default:
+			w.WriteByte(c)
+			inWord = true
+		}
+	}
+	if inWord {
+		words = append(words, w.String())
+	}
+	var out [][2]string
+	for i := 0; i < len(words); i++ {
+		var set string
+		switch {
+		case words[i] == "-c" && i+1 < len(words):
+			i++
+			set = words[i]
+		case strings.HasPrefix(words[i], "-c"):
+			set = words[i][2:]
+		case strings.HasPrefix(words[i], "--"):
+			set = words[i][2:]
+		default:
+			continue
+		}
+		if k, v, ok := strings.Cut(set, "="); ok && k != "" {
+			out = append(out, [2]string{strings.ReplaceAll(k, "-", "_"), v})
+		}
+	}
+	return out
 }

@@ -388,3 +388,37 @@ func TestTrusted(t *testing.T) {
 		}
 	}
 }
+
+// TestStartupOptions: settings in the startup "options" parameter (libpq's
+// options=, PGOPTIONS) take effect for the session, e.g. a default
+// isolation level, and pgx's BeginTx isolation reaches the engine.
+func TestStartupOptions(t *testing.T) {
+	got := startupOptions(`-c default_transaction_isolation=read\ committed --synchronous-commit=off -cstatement_timeout=0 junk`)
+	want := [][2]string{{"default_transaction_isolation", "read committed"}, {"synchronous_commit", "off"}, {"statement_timeout", "0"}}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("startupOptions: got %q, want %q", got, want)
+	}
+	ts := startServer(t, "")
+	ctx := context.Background()
+	cfg, err := pgx.ParseConfig(ts.url("") + `&options=-c%20default_transaction_isolation%3Dread%5C%20committed`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(ctx)
+	var iso string
+	if err := c.QueryRow(ctx, "show default_transaction_isolation").Scan(&iso); err != nil || iso != "read committed" {
+		t.Fatalf("default_transaction_isolation from options: %q %v", iso, err)
+	}
+	tx, err := c.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.Serializable})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.QueryRow(ctx, "show transaction_isolation").Scan(&iso); err != nil || iso != "serializable" {
+		t.Fatalf("BeginTx(serializable): transaction_isolation %q %v", iso, err)
+	}
+	tx.Rollback(ctx)
+}

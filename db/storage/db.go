@@ -30,6 +30,14 @@
 // durable; that transaction's durability precedes any later commit that
 // depended on it, because the log is sequential.
 //
+// Tx.SetReadCommitted weakens this per transaction, for callers that
+// serialise their writers themselves (the SQL layer's row locks): reads
+// made after it are not validated, so such a transaction never fails with
+// ErrConflict. It still reads only committed data (writes are applied at
+// commit), and its writes are still atomic and durable, but it may observe
+// a concurrent commit partially, and nothing stops a lost update unless the
+// caller locks what it writes.
+//
 // Writers run concurrently up to Commit; the apply step is serialised by the
 // commit latch (no page latch is held across it, so readers are never
 // blocked by it), and the durable flush is shared by all committers waiting

@@ -62,7 +62,14 @@ type Tx struct {
 	creates  []*Table
 	buf      []byte
 	async    bool
+	// unvalidated: reads and scans are not recorded (SetReadCommitted).
+	unvalidated bool
 }
+
+// SetReadCommitted stops recording the transaction's reads and scans from
+// now on: they are not validated at commit (see the package comment for
+// what this gives up). Earlier reads stay validated.
+func (tx *Tx) SetReadCommitted() { tx.unvalidated = true }
 
 // SetAsync makes Commit return once the transaction's writes are applied
 // and logged, without waiting for the log to reach stable storage (as
@@ -175,7 +182,9 @@ func (tx *Tx) Get(t *Table, key []byte) ([]byte, bool, error) {
 		out = append([]byte(nil), v[tsSize:]...)
 		tx.buf = v
 	}
-	tx.reads = append(tx.reads, readEntry{t: t, key: string(key), ts: ts})
+	if !tx.unvalidated {
+		tx.reads = append(tx.reads, readEntry{t: t, key: string(key), ts: ts})
+	}
 	return out, found, nil
 }
 
@@ -302,7 +311,7 @@ func (tx *Tx) Scan(t *Table, start, end []byte, fn func(key, val []byte) bool) e
 	} else {
 		deliverOwn(nil)
 	}
-	if t.tree != nil {
+	if t.tree != nil && !tx.unvalidated {
 		tx.scans = append(tx.scans, se)
 	}
 	return nil

@@ -102,6 +102,12 @@ func (w *tableWriter) putIndex(rc *runCtx, ix *catalog.Index, row Row, pk []byte
 			hasNull = hasNull || row[c].IsNull()
 		}
 		if !hasNull {
+			// The value is locked before the check, so two inserts of it
+			// cannot both find it free: under read committed nothing else
+			// would stop them (their scans are not validated).
+			if err := rc.s.lockRow(w.t.IndexName(ix), prefix); err != nil {
+				return err
+			}
 			dup := false
 			if err := rc.s.tx.Scan(xt, prefix, datum.PrefixEnd(prefix), func(_, v []byte) bool {
 				dup = !bytes.Equal(v, pk)

@@ -360,3 +360,108 @@ func TestCatalogQueries(t *testing.T) {
 	expect(t, s, "select count(*) from information_schema.tables where table_name = 't'", "1")
 	expect(t, s, "show server_version", "15.0")
 }
+
+// TestIsolationLevels: SERIALIZABLE (the default) fails a transaction
+// whose unlocked read was changed by a concurrent commit; READ COMMITTED
+// (per transaction, per session, or by default_transaction_isolation)
+// commits it, and concurrent "v = v + 1" updates lose nothing.
+func TestIsolationLevels(t *testing.T) {
+	e, _ := openEngine(t)
+	a, b := e.NewSession(), e.NewSession()
+	run(t, a, "create table w (id int primary key, tax int, ytd int)")
+	run(t, a, "create table o (id int primary key, w int)")
+	run(t, a, "insert into w values (1, 5, 0)")
+	expect(t, a, "show transaction_isolation", "serializable")
+	// NewOrder-style: read the warehouse, a Payment updates it, insert.
+	history := func(begin string, id int) error {
+		run(t, a, begin)
+		run(t, a, "select tax from w where id = 1")
+		run(t, b, "update w set ytd = ytd + 10 where id = 1")
+		run(t, a, "insert into o values ("+itoa(id)+", 1)")
+		_, err := query(a, "commit")
+		return err
+	}
+	if err := history("begin", 1); sqlerr.Code(err) != sqlerr.SerializationFailure {
+		t.Fatalf("serializable: %v, want 40001", err)
+	}
+	if err := history("begin isolation level read committed", 2); err != nil {
+		t.Fatalf("read committed: %v", err)
+	}
+	if err := history("start transaction isolation level repeatable read", 3); sqlerr.Code(err) != sqlerr.SerializationFailure {
+		t.Fatalf("repeatable read (runs serializable): %v, want 40001", err)
+	}
+	run(t, a, "begin")
+	expect(t, a, "show transaction_isolation", "serializable")
+	run(t, a, "set transaction isolation level read committed")
+	expect(t, a, "show transaction_isolation", "read committed")
+	run(t, a, "select 1")
+	expectErr(t, a, "set transaction isolation level serializable", sqlerr.ActiveTx)
+	run(t, a, "rollback")
+	if res := run(t, a, "set transaction isolation level read committed"); len(res.Notices) == 0 {
+		t.Error("SET TRANSACTION outside a transaction block gave no warning")
+	}
+	expectErr(t, a, "set default_transaction_isolation = 'sometimes'", sqlerr.InvalidParameterValue)
+	run(t, a, "set session characteristics as transaction isolation level read committed")
+	expect(t, a, "show default_transaction_isolation", "read committed")
+	if err := history("begin", 4); err != nil {
+		t.Fatalf("session default read committed: %v", err)
+	}
+	expect(t, a, "select id from o order by id", "2;4")
+
+	// Lost updates: concurrent read-committed increments all count,
+	// because UPDATE locks the row before it reads it.
+	var wg sync.WaitGroup
+	errs := make(chan error, 100)
+	for w := 0; w < 4; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s := e.NewSession()
+			if _, err := query(s, "set default_transaction_isolation = 'read committed'"); err != nil {
+				errs <- err
+				return
+			}
+			for i := 0; i < 25; i++ {
+				if _, err := query(s, "begin; select tax from w where id = 1; update w set ytd = ytd + 1 where id = 1; commit"); err != nil {
+					errs <- err
+					query(s, "rollback")
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Errorf("read-committed increment: %v", err)
+	}
+	expect(t, b, "select ytd from w", "140") // 4 × 10 from the histories + 100
+
+	// Unique indexes stay unique under read committed.
+	run(t, a, "create table u (id int primary key, email text)")
+	run(t, a, "create unique index u_email on u (email)")
+	var ok, dup int
+	var mu sync.Mutex
+	for w := 0; w < 4; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			s := e.NewSession()
+			_, err := query(s, "begin isolation level read committed; insert into u values ("+itoa(10+w)+", 'same@example.com'); commit")
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case err == nil:
+				ok++
+			case sqlerr.Code(err) == sqlerr.UniqueViolation:
+				dup++
+				query(s, "rollback")
+			default:
+				t.Errorf("insert: %v", err)
+			}
+		}(w)
+	}
+	wg.Wait()
+	if ok != 1 || dup != 3 {
+		t.Errorf("unique index under read committed: %d inserts succeeded, %d duplicates refused; want 1 and 3", ok, dup)
+	}
+}

@@ -105,6 +105,10 @@ type Session struct {
 	txStart int64
 	// pendingWrites counts bulk writes since the engine transaction began.
 	pendingWrites int
+	// txIso is the running transaction's isolation level; txQueries
+	// counts its statements (SET TRANSACTION must come first).
+	txIso     string
+	txQueries int
 }
 
 // NewSession starts a session.
@@ -167,6 +171,12 @@ func ParameterStatus() [][2]string {
 
 func (s *Session) getVar(name string) string {
 	name = strings.ToLower(name)
+	if name == "transaction_isolation" && s.tx != nil && s.state != TxIdle {
+		return s.txIso
+	}
+	if name == "transaction_isolation" {
+		name = "default_transaction_isolation"
+	}
 	if v, ok := s.settings[name]; ok {
 		return v
 	}
@@ -196,10 +206,41 @@ func (s *Session) begin() error {
 		return sqlerr.Wrap(sqlerr.Internal, err, "begin")
 	}
 	s.tx = tx
+	s.txQueries = 0
+	s.setIsolation(s.getVar("default_transaction_isolation"))
 	s.pendingWrites = 0
 	s.changes = &catalog.Changes{}
 	s.txStart = time.Now().UnixMicro()
 	return nil
+}
+
+// Isolation levels. SERIALIZABLE is the engine's own (optimistic,
+// validated at commit); REPEATABLE READ gets it too, as the standard
+// allows a stronger level. READ COMMITTED (and READ UNCOMMITTED, as in
+// PostgreSQL) leave reads unvalidated: a transaction never fails with
+// 40001, rows it updates or deletes are locked before they are read (so
+// no update is lost), and each statement reads the latest committed rows,
+// but unlike PostgreSQL a statement has no snapshot of its own: it may
+// see a concurrent commit partially.
+func (s *Session) setIsolation(level string) {
+	level = strings.ToLower(strings.TrimSpace(level))
+	switch level {
+	case "read committed", "read uncommitted":
+		s.tx.SetReadCommitted()
+	case "repeatable read":
+	default:
+		level = "serializable"
+	}
+	s.txIso = level
+}
+
+// validIsolation checks a level given to SET default_transaction_isolation.
+func validIsolation(level string) bool {
+	switch strings.ToLower(strings.TrimSpace(level)) {
+	case "read committed", "read uncommitted", "repeatable read", "serializable":
+		return true
+	}
+	return false
 }
 
 // endTx commits or rolls back the engine transaction and releases locks.
@@ -398,8 +439,15 @@ func (s *Session) Execute(p *Prepared, params []datum.Value) (res *Result, err e
 		if s.state != TxIdle {
 			return &Result{Tag: "BEGIN", Notices: []string{"there is already a transaction in progress"}}, nil
 		}
+		iso, err := parse.Isolation(st.SQL)
+		if err != nil {
+			return nil, err
+		}
 		if err := s.begin(); err != nil {
 			return nil, err
+		}
+		if iso != "" {
+			s.setIsolation(iso)
 		}
 		s.state = TxActive
 		return &Result{Tag: "BEGIN"}, nil
@@ -466,6 +514,9 @@ func (s *Session) Execute(p *Prepared, params []datum.Value) (res *Result, err e
 
 func (s *Session) execOne(p *Prepared, params []datum.Value) (*Result, error) {
 	st := p.Stmt
+	if st.AST != nil {
+		s.txQueries++
+	}
 	if st.Own != nil {
 		return s.execOwn(st.Own)
 	}
@@ -488,8 +539,27 @@ func (s *Session) execOwn(own any) (*Result, error) {
 	switch n := own.(type) {
 	case parse.Empty:
 		return &Result{Tag: ""}, nil
+	case parse.TxMode:
+		if n.Isolation == "" {
+			return &Result{Tag: "SET"}, nil
+		}
+		if n.Session {
+			s.setVar("default_transaction_isolation", n.Isolation)
+			return &Result{Tag: "SET"}, nil
+		}
+		if s.state == TxIdle {
+			return &Result{Tag: "SET", Notices: []string{"SET TRANSACTION can only be used in transaction blocks"}}, nil
+		}
+		if s.txQueries > 0 {
+			return nil, sqlerr.New(sqlerr.ActiveTx, "SET TRANSACTION ISOLATION LEVEL must be called before any query")
+		}
+		s.setIsolation(n.Isolation)
+		return &Result{Tag: "SET"}, nil
 	case parse.Set:
 		v := n.Value
+		if strings.EqualFold(n.Name, "default_transaction_isolation") && !n.Default && !validIsolation(v) {
+			return nil, sqlerr.New(sqlerr.InvalidParameterValue, "invalid value for parameter \"default_transaction_isolation\": %q", v)
+		}
 		if n.Default {
 			delete(s.settings, strings.ToLower(n.Name))
 		} else {

@@ -242,7 +242,18 @@ func parseSet(ts *tokens, sql string) (any, bool, error) {
 	} else {
 		ts.word("session")
 	}
-	if t := ts.peek(); t.kind == tWord && (t.s == "transaction" || t.s == "characteristics" || t.s == "constraints") {
+	if t := ts.peek(); t.kind == tWord && (t.s == "transaction" || t.s == "characteristics") {
+		// SET TRANSACTION modes, SET SESSION CHARACTERISTICS AS
+		// TRANSACTION modes: only the isolation level has an effect.
+		m := TxMode{Session: t.s == "characteristics"}
+		iso, err := isolationIn(ts.t[ts.i:], sql)
+		if err != nil {
+			return nil, true, err
+		}
+		m.Isolation = iso
+		return m, true, nil
+	}
+	if t := ts.peek(); t.kind == tWord && t.s == "constraints" {
 		return Ignored{Tag: "SET"}, true, nil
 	}
 	if ts.word("time") {
@@ -424,3 +435,48 @@ type expectedError string
 func (e expectedError) Error() string { return "expected " + string(e) }
 
 func errExpected(what string) error { return expectedError(what) }
+
+// TxMode is SET TRANSACTION (Session false) or SET SESSION
+// CHARACTERISTICS AS TRANSACTION (Session true) with its isolation level
+// ("" when the statement names none).
+type TxMode struct {
+	Isolation string
+	Session   bool
+}
+
+// Isolation returns the isolation level a BEGIN / START TRANSACTION (or SET
+// TRANSACTION) statement names, lower-case ("read committed", ...), or ""
+// if it names none. The SQL parser accepts the levels but does not keep
+// them apart.
+func Isolation(sql string) (string, error) {
+	toks, err := tokenize(sql)
+	if err != nil {
+		return "", err
+	}
+	return isolationIn(toks, sql)
+}
+
+func isolationIn(toks []token, sql string) (string, error) {
+	for i := 0; i+2 < len(toks); i++ {
+		if toks[i].kind != tWord || toks[i].s != "isolation" || toks[i+1].s != "level" {
+			continue
+		}
+		w := toks[i+2].s
+		var next string
+		if i+3 < len(toks) {
+			next = toks[i+3].s
+		}
+		switch {
+		case w == "serializable":
+			return "serializable", nil
+		case w == "repeatable" && next == "read":
+			return "repeatable read", nil
+		case w == "read" && next == "committed":
+			return "read committed", nil
+		case w == "read" && next == "uncommitted":
+			return "read uncommitted", nil
+		}
+		return "", syntaxErr(sql)
+	}
+	return "", nil
+}
