@@ -57,7 +57,11 @@ type Options struct {
 	SkipPostgres bool
 	GoTPC        string // go-tpc binary (empty: built with BuildGoTPC)
 	OutDir       string // tpcc.json and tpcc.png (empty: none)
-	Progress     io.Writer
+	// Isolation is the level both systems run the transactions at:
+	// "read-committed" (the default, PostgreSQL's default) or
+	// "serializable"; go-tpc asks for it with BEGIN ISOLATION LEVEL.
+	Isolation string
+	Progress  io.Writer
 }
 
 // Result is one system's measurement.
@@ -81,6 +85,7 @@ type Report struct {
 		Threads    int    `json:"threads"`
 		Duration   string `json:"duration"`
 		GoTPC      string `json:"go_tpc"`
+		Isolation  string `json:"isolation"`
 		CPUs       int    `json:"cpus"`
 	} `json:"config"`
 	Results []Result `json:"results"`
@@ -180,7 +185,14 @@ func Run(o Options) (*Report, error) {
 	}
 	rep := &Report{}
 	rep.Config.Warehouses, rep.Config.Threads, rep.Config.Duration = o.Warehouses, o.Threads, o.Duration.String()
-	rep.Config.GoTPC, rep.Config.CPUs = GoTPCVersion, runtime.NumCPU()
+	switch o.Isolation {
+	case "":
+		o.Isolation = "read-committed"
+	case "read-committed", "serializable":
+	default:
+		return nil, fmt.Errorf("tpcc: isolation %q: want read-committed or serializable", o.Isolation)
+	}
+	rep.Config.GoTPC, rep.Config.CPUs, rep.Config.Isolation = GoTPCVersion, runtime.NumCPU(), o.Isolation
 	tmp, err := os.MkdirTemp("", "cumulus-tpcc-")
 	if err != nil {
 		return nil, fmt.Errorf("tpcc: %w", err)
@@ -219,7 +231,7 @@ func Run(o Options) (*Report, error) {
 	rep.Notes = append(rep.Notes,
 		"go-tpc "+GoTPCVersion+" tpcc --driver postgres: prepare, run --ignore-error, check; the same client binary for both systems",
 		"both systems commit durably: CumulusDB with O_DIRECT writes and fdatasync per group commit, PostgreSQL with fsync=on, synchronous_commit=on",
-		"isolation: PostgreSQL runs go-tpc's default (READ COMMITTED); CumulusDB is always serializable (optimistic), so a transaction whose unlocked reads (NewOrder's warehouse and customer rows) were changed by a concurrent commit fails with 40001; go-tpc counts those as *_ERR and tpmC counts committed NewOrders only",
+		"isolation: both systems run the transactions at "+o.Isolation+" (go-tpc --isolation); CumulusDB's read committed leaves reads unvalidated and locks the rows it updates, its serializable is optimistic and fails a transaction whose unlocked reads changed with 40001, PostgreSQL's serializable is SSI; go-tpc counts failures as *_ERR and tpmC counts committed NewOrders only",
 		"tpmC is go-tpc's figure (committed NewOrders per minute); new_order_tps = tpmC / 60")
 	if o.OutDir != "" {
 		if err := rep.Write(o.OutDir); err != nil {
@@ -383,7 +395,11 @@ func measure(o Options, system string, port int, db string) (Result, error) {
 	}
 	r.PrepareSeconds = time.Since(start).Seconds()
 	o.progress("tpcc: %s: loaded in %.1fs; run %s with %d threads...", system, r.PrepareSeconds, o.Duration, o.Threads)
-	out, err = gotpc(o.Duration+5*time.Minute, "run", "--time", o.Duration.String(), "--ignore-error", "--silence", "--interval", "1h")
+	iso := "2" // database/sql's LevelReadCommitted
+	if o.Isolation == "serializable" {
+		iso = "6" // LevelSerializable
+	}
+	out, err = gotpc(o.Duration+5*time.Minute, "run", "--time", o.Duration.String(), "--ignore-error", "--silence", "--interval", "1h", "--isolation", iso)
 	if err != nil {
 		return r, err
 	}
@@ -485,7 +501,7 @@ func startPostgres(bin, tmp string) (int, func(), error) {
 // Table is a human-readable summary.
 func (rep *Report) Table() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "TPC-C (go-tpc %s), %d warehouse(s), %d threads, %s\n", rep.Config.GoTPC, rep.Config.Warehouses, rep.Config.Threads, rep.Config.Duration)
+	fmt.Fprintf(&b, "TPC-C (go-tpc %s), %d warehouse(s), %d threads, %s, %s\n", rep.Config.GoTPC, rep.Config.Warehouses, rep.Config.Threads, rep.Config.Duration, rep.Config.Isolation)
 	fmt.Fprintf(&b, "%-14s %9s %10s %10s %12s %10s %8s %6s\n", "system", "prepare", "tpmC", "tpmTotal", "NewOrder/s", "NO errors", "check", "")
 	for _, r := range rep.Results {
 		check := "passed"

@@ -22,6 +22,7 @@ func cmdBenchTPCC(args []string) error {
 	pool := fs.Int64("pool", 1<<30, "CumulusDB buffer pool bytes")
 	pgBin := fs.String("pgbin", "/usr/lib/postgresql/15/bin", "PostgreSQL server binaries")
 	skipPG := fs.Bool("skip-postgres", false, "measure CumulusDB only")
+	iso := fs.String("isolation", "read-committed", "isolation level for both systems: read-committed or serializable")
 	gotpc := fs.String("go-tpc", "", "go-tpc "+tpcc.GoTPCVersion+" binary (default: build it into the user cache)")
 	fs.Parse(args)
 	self, err := os.Executable()
@@ -29,7 +30,7 @@ func cmdBenchTPCC(args []string) error {
 		return fmt.Errorf("bench tpcc: %w", err)
 	}
 	rep, err := tpcc.Run(tpcc.Options{Warehouses: *warehouses, Threads: *threads, Duration: *dur, ServeCmd: []string{self, "serve"},
-		PoolSize: *pool, PGBin: *pgBin, SkipPostgres: *skipPG, GoTPC: *gotpc, OutDir: *out, Progress: os.Stderr})
+		PoolSize: *pool, PGBin: *pgBin, SkipPostgres: *skipPG, GoTPC: *gotpc, OutDir: *out, Isolation: *iso, Progress: os.Stderr})
 	if err != nil {
 		return fmt.Errorf("bench tpcc: %w", err)
 	}
