@@ -151,6 +151,8 @@ type kstats struct {
 	FramesReclaimed uint64 // 4 KiB frames returned by munmap/MADV_DONTNEED
 	PFRetries       uint64 // page faults re-executed because CR2 was unusable
 	IRQs            uint64 // device interrupts handled (waiters woken)
+	DoorbellExits   uint64 // doorbells delivered by an exit of their own (HCNotify)
+	DoorbellHalts   uint64 // doorbells delivered by a halt
 }
 
 var stats kstats

@@ -165,14 +165,55 @@ func dequeueFor(c int) int32 {
 	return -1
 }
 
-// kunlock releases klock, then wakes one halted vCPU if work was queued.
-// The kick is a VM exit (~46 µs), so it is never done under the lock.
+// kunlock releases klock, then sees that work queued under it gets a
+// vCPU. The kick is a VM exit (~46 µs), so it is never done under the
+// lock, and it is lazy (see checkKick): only threads pinned elsewhere
+// are kicked at once.
 func kunlock() {
 	k, all := wantKick, kickEvery
 	wantKick, kickEvery = false, false
 	klock.unlock()
-	if k {
-		kickIdle(all)
+	if all {
+		kickIdle(true)
+	} else if k {
+		deferKick()
+	}
+}
+
+// Lazy kicks. Waking a halted vCPU costs the waker an exit (~50 µs, on
+// the path of whatever it does next) and the woken vCPU a re-entry, while
+// the waker itself often blocks within microseconds (a forwarded socket
+// call, the network service going back to wait) and then runs the woken
+// thread itself. So a thread queued while no vCPU spins idle waits up to
+// kickDelay for this CPU; every kernel entry that finds it still queued
+// after that (preemptCheck: system-call exits, ticks) kicks a halted
+// vCPU. kickSince is when work was first left so (0: none).
+const kickDelay = 50_000 // ns
+
+var kickSince atomic.Int64
+
+func deferKick() {
+	self := int(pcpu().cpu)
+	for c := 0; c < ncpu; c++ {
+		if c != self && atomic.LoadUint64(&pcpuOf(c).halted) == cpuSpinning {
+			return // it sees the run queue by itself
+		}
+	}
+	kickSince.CompareAndSwap(0, nanotime())
+}
+
+// checkKick kicks a halted vCPU for work queued kickDelay ago.
+func checkKick(now int64) {
+	since := kickSince.Load()
+	if since == 0 {
+		return
+	}
+	if runqLen.Load() == 0 {
+		kickSince.CompareAndSwap(since, 0)
+		return
+	}
+	if now-since >= kickDelay && kickSince.CompareAndSwap(since, 0) {
+		kickIdle(false)
 	}
 }
 
@@ -187,9 +228,9 @@ func kunlock() {
 const idleSpinUS = 50
 
 const (
-	cpuBusy     = 0
-	cpuSpinning = 1
-	cpuHalted   = 2
+	cpuBusy     = boot.IdleBusy
+	cpuSpinning = boot.IdleSpinning
+	cpuHalted   = boot.IdleHalted
 )
 
 // kickIdle wakes one idle vCPU, or every idle vCPU when a queued thread
@@ -264,6 +305,12 @@ func pickNext(c int) {
 		checkIRQs()
 		checkTimers(nanotime())
 		if i := dequeueFor(c); i >= 0 {
+			// A thread this CPU takes itself (one checkIRQs or a
+			// timer just woke) needs no other vCPU woken for it.
+			if runqN == 0 && !kickEvery {
+				wantKick = false
+				kickSince.Store(0)
+			}
 			run(c, i)
 			kunlock()
 			return
@@ -287,18 +334,27 @@ func run(c int, i int32) {
 
 // idle waits for work without the lock: it polls the run queue for a while
 // (a wake-up from another vCPU then costs no exit), then halts in the
-// monitor until the next timer or a kick.
+// monitor until the next timer or a kick. An idle vCPU also delivers the
+// doorbells (see below): the exit costs nobody a wait. With a doorbell
+// rung and no other vCPU busy, nothing can hand it work soon but a device
+// or a timer, so it halts at once and the halt delivers them: one exit
+// for the doorbells and the sleep.
 func idle(c int) {
 	pc := pcpu()
 	atomic.StoreUint64(&pc.halted, cpuSpinning)
-	start := rdtsc()
-	spin := bi.TSCKHz * idleSpinUS / 1000
-	for rdtsc()-start < spin {
-		if runqLen.Load() > 0 || nanotime() >= nextDeadline.Load() || irqPending() {
-			atomic.StoreUint64(&pc.halted, cpuBusy)
-			return
+	if !doorbellRung() || othersBusy(c) {
+		start := rdtsc()
+		spin := bi.TSCKHz * idleSpinUS / 1000
+		for rdtsc()-start < spin {
+			if runqLen.Load() > 0 || nanotime() >= nextDeadline.Load() || irqPending() {
+				atomic.StoreUint64(&pc.halted, cpuBusy)
+				return
+			}
+			if doorbellRung() {
+				deliverDoorbells()
+			}
+			cpuPause()
 		}
-		cpuPause()
 	}
 	if !atomic.CompareAndSwapUint64(&pc.halted, cpuSpinning, cpuHalted) {
 		return // kicked while spinning
@@ -314,9 +370,63 @@ func idle(c int) {
 		d = 0
 	}
 	stats.Halts++
+	if doorbellRung() {
+		doorbellSince.Store(0)
+		atomic.AddUint64(&stats.DoorbellHalts, 1)
+	}
 	pc.hcArgs[0] = uint64(d)
 	outl(boot.HCHalt, 0)
-	atomic.StoreUint64(&pc.halted, 0)
+	atomic.StoreUint64(&pc.halted, cpuBusy)
+}
+
+// othersBusy reports whether a vCPU other than c runs a thread (or is in
+// the kernel): one that may hand this one work soon.
+func othersBusy(c int) bool {
+	for o := 0; o < ncpu; o++ {
+		if o != c && atomic.LoadUint64(&pcpuOf(o).halted) == cpuBusy {
+			return true
+		}
+	}
+	return false
+}
+
+// Doorbells (kernel/boot, "Devices"): drivers whose notifications may
+// wait (the network service's transmit ring) set bits in the boot page
+// instead of exiting. The kernel delivers them with an exit it makes
+// anyway (a halt), from an idle vCPU, or, while every vCPU stays busy,
+// once a kernel entry finds one that has waited doorbellDelay: the
+// bound on how late a device hears of them. Waiting that long lets the
+// acknowledgement of a request and the response to it go out together.
+const doorbellDelay = 100_000 // ns
+
+// doorbellSince is when a kernel entry first saw a doorbell rung (0:
+// none seen since the last delivery).
+var doorbellSince atomic.Int64
+
+func doorbellRung() bool { return bi != nil && atomic.LoadUint64(&bi.Doorbell) != 0 }
+
+// deliverDoorbells passes every rung doorbell to the monitor (one exit).
+func deliverDoorbells() {
+	doorbellSince.Store(0)
+	atomic.AddUint64(&stats.DoorbellExits, 1)
+	outl(boot.HCNotify, boot.NotifyNone)
+}
+
+// checkDoorbells runs at kernel entries (preemptCheck): a doorbell seen
+// rung doorbellDelay ago is delivered now.
+func checkDoorbells(now int64) {
+	if !doorbellRung() {
+		return
+	}
+	since := doorbellSince.Load()
+	if since == 0 {
+		doorbellSince.CompareAndSwap(0, now)
+		return
+	}
+	if now-since >= doorbellDelay && doorbellSince.CompareAndSwap(since, 0) {
+		atomic.AddUint64(&stats.DoorbellExits, 1)
+		outl(boot.HCNotify, boot.NotifyNone)
+	}
 }
 
 // irqPending reports whether a device raised an interrupt the kernel has
@@ -392,6 +502,8 @@ func preemptCheck(c int, force bool) {
 	tick := atomic.SwapUint64(&pc.tickPend, 0) != 0
 	cur := curThread[c]
 	now := nanotime()
+	checkDoorbells(now)
+	checkKick(now)
 	if !force && !tick && now < nextDeadline.Load() && !irqPending() &&
 		(runqLen.Load() == 0 || now-threads[cur].sliceStart < timeSlice) {
 		return

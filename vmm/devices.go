@@ -2,12 +2,14 @@ package vmm
 
 import (
 	"fmt"
+	"runtime"
 	"sync/atomic"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/cumulusdb/cumulus/kernel/boot"
+	"github.com/cumulusdb/cumulus/vmm/virtio"
 )
 
 // Devices are virtio 1.x over MMIO (kernel/boot describes the guest's
@@ -109,11 +111,51 @@ func (m *machine) raiseIRQ(i int) {
 			}
 		}
 	}
-	// Every vCPU is running (or spinning in its idle loop, where it sees
-	// the bit by itself): interrupt one, which takes a tick and looks.
+	// A vCPU spinning in its idle loop sees the bit by itself.
+	for _, v := range m.cpus {
+		if atomic.LoadUint64(m.pc64(v.id, boot.PCHalted)) == boot.IdleSpinning {
+			return
+		}
+	}
+	// Every vCPU is running: interrupt one, which takes a tick and looks.
 	if len(m.cpus) > 0 {
 		if tid := m.cpus[0].tid.Load(); tid != 0 {
 			unix.Tgkill(unix.Getpid(), int(tid), unix.SIGURG)
+		}
+	}
+}
+
+// notify passes a virtqueue notification (HCNotify, a doorbell) to
+// device i. Bad indices are the guest's mistake and ignored.
+func (m *machine) notify(i int, q uint32) {
+	if i < 0 || i >= len(m.devs) {
+		return
+	}
+	if t, ok := m.devs[i].dev.(*virtio.Transport); ok {
+		t.Notify(q)
+	}
+}
+
+// doorbells delivers the notifications the guest rang as doorbells
+// (BootInfo.Doorbell, see kernel/boot). It runs on vCPU threads at the
+// exits that carry them (HCNotify, HCHalt, HCKick).
+func (m *machine) doorbells() {
+	bi := (*boot.BootInfo)(unsafe.Pointer(&m.mem[boot.BootInfoAddr]))
+	if atomic.LoadUint64(&bi.Doorbell) == 0 {
+		return
+	}
+	pend := atomic.SwapUint64(&bi.Doorbell, 0)
+	for i := 0; pend != 0 && i < boot.MaxDevices; i++ {
+		if pend&(1<<uint(i)) == 0 {
+			continue
+		}
+		pend &^= 1 << uint(i)
+		qs := atomic.SwapUint32(&bi.DoorbellQueues[i], 0)
+		for q := uint32(0); qs != 0; q++ {
+			if qs&(1<<q) != 0 {
+				qs &^= 1 << q
+				m.notify(i, q)
+			}
 		}
 	}
 }
@@ -137,4 +179,18 @@ func (m *machine) closeDevices() error {
 	}
 	m.devs = nil
 	return first
+}
+
+// vcpuProcs makes room in the Go scheduler for n vCPU threads. A vCPU
+// spends its time in KVM_RUN, a system call during which its thread
+// keeps its P until sysmon retakes it (20 µs to 10 ms later), so with
+// GOMAXPROCS at the host's CPU count, running vCPUs would leave the
+// device and network goroutines no P to run on exactly when the guest
+// waits for them. The setting is raised, never lowered (several machines
+// may run in one process).
+func vcpuProcs(n int) {
+	want := runtime.NumCPU() + n
+	if runtime.GOMAXPROCS(0) < want {
+		runtime.GOMAXPROCS(want)
+	}
 }

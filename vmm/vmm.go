@@ -104,6 +104,8 @@ type Stats struct {
 	PTWrites          uint64
 	PageFaults        uint64 // demand-paging faults resolved by the kernel
 	SignalsFault      uint64 // CPU exceptions delivered to the program as signals
+	DoorbellExits     uint64 // doorbells the kernel delivered with an exit of their own (HCNotify)
+	DoorbellHalts     uint64 // ... with a halt it made anyway
 }
 
 // ErrTimeout is returned when the guest outlived Config.Timeout.
@@ -139,7 +141,7 @@ type machine struct {
 
 	exits, intrExits, ticks, deferred, flushes, flushRetries atomic.Uint64
 	mmioExits, irqs                                          atomic.Uint64
-	hcCount                                                  [10]atomic.Uint64
+	hcCount                                                  [13]atomic.Uint64
 	devs                                                     []attached // devices.go
 }
 
@@ -382,7 +384,7 @@ func (m *machine) setup(img *Image) error {
 		ImageEnd: imageEnd, MainStackTop: l.mainStack + boot.MainStackSize,
 		TSCMult:    (1_000_000 << 32) / max(tscKHz, 1),
 		KCallEntry: m.kern.byName[boot.SymKCallEntry].Value,
-		Flags:      reclaimFlag(!m.cfg.KeepFrames),
+		Flags:      reclaimFlag(!m.cfg.KeepFrames) | boot.FlagDoorbell,
 	}
 	if svcFile != nil {
 		biv.SvcEntry, biv.SvcStack = svcFile.Entry, svcRSP
@@ -615,6 +617,7 @@ func (m *machine) initVCPU(v *vcpu, entry, rsp uint64) error {
 }
 
 func (m *machine) run() (Result, error) {
+	vcpuProcs(len(m.cpus))
 	var wg sync.WaitGroup
 	errs := make(chan error, len(m.cpus))
 	for _, v := range m.cpus {
@@ -817,8 +820,10 @@ func (v *vcpu) hypercall(port uint16, arg uint32) {
 	case boot.HCExit:
 		m.stop(Result{ExitCode: int(int32(arg)), Reason: "exit"})
 	case boot.HCHalt:
+		m.doorbells()
 		v.halt(int64(v.hcArg(0)))
 	case boot.HCKick:
+		m.doorbells()
 		if int(arg) < len(m.cpus) {
 			select {
 			case m.cpus[arg].kick <- struct{}{}:
@@ -834,6 +839,11 @@ func (v *vcpu) hypercall(port uint16, arg uint32) {
 		}
 	case boot.HCHostFS:
 		v.hostFSCall()
+	case boot.HCNotify:
+		if arg != boot.NotifyNone {
+			m.notify(int(arg>>16), arg&0xffff)
+		}
+		m.doorbells()
 	case boot.HCCR2:
 		var s kvm.Sregs
 		if v.c.GetSregs(&s) == nil {
@@ -851,6 +861,13 @@ func (v *vcpu) halt(deadlineNS int64) {
 	m := v.m
 	v.halted.Store(true)
 	defer v.halted.Store(false)
+	// An interrupt raised since the kernel last looked (by this very exit,
+	// say: a doorbell's frames answered at once) found us not yet halted
+	// and kicked nobody.
+	bi := (*boot.BootInfo)(unsafe.Pointer(&m.mem[boot.BootInfoAddr]))
+	if atomic.LoadUint64(&bi.IRQPending) != 0 {
+		return
+	}
 	var timer <-chan time.Time
 	if deadlineNS > 0 {
 		d := time.Duration(deadlineNS) - m.guestNow()
@@ -970,7 +987,7 @@ func (m *machine) collectStats() Stats {
 		HypercallExits:    map[string]uint64{},
 		SyscallsByNr:      map[int]uint64{},
 	}
-	for i, name := range []string{"write", "exit", "halt", "kick", "fault", "flush", "stats", "debug", "cr2", "hostfs"} {
+	for i, name := range []string{"write", "exit", "halt", "kick", "fault", "flush", "stats", "debug", "cr2", "hostfs", "privop", "privopfault", "notify"} {
 		if c := m.hcCount[i].Load(); c != 0 {
 			s.HypercallExits[name] = c
 		}
@@ -990,6 +1007,7 @@ func (m *machine) collectStats() Stats {
 		s.PageFaults, s.SignalsFault = w(522), w(523)
 		s.Shootdowns, s.FramesReclaimed = w(524), w(525)
 		s.PFRetries, s.DeviceIRQs = w(526), w(527)
+		s.DoorbellExits, s.DoorbellHalts = w(528), w(529)
 	}
 	s.Devices = m.deviceStats()
 	return s

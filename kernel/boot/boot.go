@@ -59,7 +59,7 @@ const (
 	PCKFS        = 0x28  // FS base for kernel code (FS:-8 holds the kernel g)
 	PCInKernel   = 0x30  // non-zero while kernel code runs: the monitor then defers the tick
 	PCTickPend   = 0x38  // set by the monitor when it deferred a tick
-	PCHalted     = 0x40  // set by the kernel before it halts (a waker must kick)
+	PCHalted     = 0x40  // idle state (IdleBusy, IdleSpinning, IdleHalted): a waker must kick a halted vCPU
 	PCHCArgs     = 0x48  // 8 hypercall argument words
 	PCBootInfo   = 0x88  // address of the boot-information page
 	PCISTTop     = 0x90  // top of the IST stack (the monitor pushes tick frames here)
@@ -68,6 +68,15 @@ const (
 	PCFaultFrame = 0x100 // trap frame of the last fault
 	PCKernelG    = 0x800 // the kernel's stand-in g: stack bounds only
 	PCKernelTLS  = 0xc00 // kernel FS base; the word before it points to PCKernelG
+)
+
+// PCHalted values. A spinning vCPU polls the run queue, the pending
+// interrupts and the doorbells by itself, so neither the kernel nor the
+// monitor needs to wake it.
+const (
+	IdleBusy     = 0
+	IdleSpinning = 1
+	IdleHalted   = 2
 )
 
 // Hypercall ports (OUT at CPL 3, permitted by the TSS I/O bitmap; PVM ignores
@@ -86,7 +95,12 @@ const (
 	HCPrivopDone  = 0x1a // the monitor's CPL 0 stub finished
 	HCPrivopFault = 0x1b // arg: vector; the CPU raised it inside the CPL 0 stub page
 	HCHostFS      = 0x19 // words[0]=syscall nr, words[1..6]=args → words[0]=result (host shares)
+	HCNotify      = 0x1c // arg: device<<16 | queue (NotifyNone: none): a virtqueue notification; also delivers the doorbells
 )
+
+// NotifyNone as HCNotify's argument notifies no queue: the call only
+// delivers the doorbells (BootInfo.Doorbell).
+const NotifyNone = 0xffffffff
 
 // Segment selectors: Linux's layout, because PVM reports CS=0x33 after
 // SYSCALL whatever STAR says, so 0x33 must be a 64-bit user code segment.
@@ -141,6 +155,15 @@ type BootInfo struct {
 	// initial stack the monitor built for it. Zero when the image has none.
 	SvcEntry uint64
 	SvcStack uint64
+
+	// Doorbells: notifications that may wait a little (FlagDoorbell). A
+	// driver rings one by setting bit q of DoorbellQueues[i] (device i,
+	// queue q) and then bit i of Doorbell; the kernel passes them on with
+	// an exit it makes anyway (a halt) or with HCNotify(NotifyNone), and
+	// the monitor, at HCNotify, HCHalt and HCKick, swaps both words to
+	// zero and notifies each queue (see "Devices" below).
+	Doorbell       uint64
+	DoorbellQueues [MaxDevices]uint32
 }
 
 // Devices: virtio 1.x over MMIO (split queues). Device i's register window
@@ -148,6 +171,13 @@ type BootInfo struct {
 // monitor's page tables and backed by no memory: every access is a VM exit
 // that the monitor emulates, so drivers touch registers only to set up and
 // to notify, and find completions in shared memory (the used rings).
+//
+// Notifications (FlagDoorbell) have two cheaper forms than the QueueNotify
+// register's MMIO exit (~85 µs under PVM): HCNotify, an OUT any CPL 3 code
+// may execute (~50 µs), and the doorbell words in BootInfo, plain memory
+// that the kernel delivers when it next exits for its own reasons (an
+// idle vCPU halting) or, if the doorbell waits too long, with one
+// HCNotify for all of them.
 // Queue memory must be guest-physical and contiguous: frames from the
 // direct map (VA == PA), e.g. kapi frames.
 const (
@@ -170,7 +200,8 @@ type Device struct {
 
 // BootInfo.Flags.
 const (
-	FlagReclaim = 1 << 0 // munmap/MADV_DONTNEED return frames (TLB shootdowns)
+	FlagReclaim  = 1 << 0 // munmap/MADV_DONTNEED return frames (TLB shootdowns)
+	FlagDoorbell = 1 << 1 // the monitor serves HCNotify and the doorbells
 )
 
 // Offset of BootInfo.KCallEntry, read by kapi/unikernel's assembly.

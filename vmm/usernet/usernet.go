@@ -6,8 +6,11 @@
 // Design:
 //   - the link is Ethernet over a channel endpoint: frames from the guest
 //     enter with FromGuest, frames for the guest leave through the
-//     function given to New (the device's receive queue). The monitor's
-//     stack is GatewayIP (kernel/boot), the guest GuestIP;
+//     function given to New (the device's receive queue), called on the
+//     goroutine that wrote them (the endpoint's write notification drains
+//     it), so a host write reaches the guest's ring without a goroutine
+//     hand-off. The monitor's stack is GatewayIP (kernel/boot), the guest
+//     GuestIP;
 //   - published ports (cumulus run -p): for each Forward the monitor
 //     listens on the host and, for every accepted connection, dials the
 //     guest's port through its stack and copies both ways;
@@ -86,6 +89,8 @@ type Network struct {
 	s       *stack.Stack
 	ep      *channel.Endpoint
 	toGuest func([]byte) bool
+	outMu   sync.Mutex // serialises deliveries to the guest (in order)
+	out     []byte     // outMu
 	guest   tcpip.Address
 	gw      tcpip.Address
 	lns     []net.Listener
@@ -153,8 +158,7 @@ func New(cfg Config, toGuest func(frame []byte) bool) (*Network, error) {
 		n.wg.Add(1)
 		go n.accept(ln, f.GuestPort)
 	}
-	n.wg.Add(1)
-	go n.pumpOut()
+	n.ep.AddNotify(n)
 	return n, nil
 }
 
@@ -190,22 +194,24 @@ func (n *Network) FromGuest(frame []byte) {
 // Send implements the virtio-net device's Backend.
 func (n *Network) Send(frame []byte) { n.FromGuest(frame) }
 
-// pumpOut moves the stack's outgoing frames to the guest.
-func (n *Network) pumpOut() {
-	defer n.wg.Done()
-	var frame []byte
+// WriteNotify implements channel.Notification: the stack queued a frame
+// for the guest. Whoever queued it delivers every queued frame, in
+// order, before returning (toGuest does not block).
+func (n *Network) WriteNotify() {
+	n.outMu.Lock()
+	defer n.outMu.Unlock()
 	for {
-		pkt := n.ep.ReadContext(n.ctx)
+		pkt := n.ep.Read()
 		if pkt == nil {
 			return
 		}
-		frame = frame[:0]
+		n.out = n.out[:0]
 		for _, s := range pkt.AsSlices() {
-			frame = append(frame, s...)
+			n.out = append(n.out, s...)
 		}
 		pkt.DecRef()
 		n.framesOut.Add(1)
-		n.toGuest(frame)
+		n.toGuest(n.out)
 	}
 }
 

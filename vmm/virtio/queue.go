@@ -375,6 +375,10 @@ func (q *Queue) SetNotify(on bool) {
 	q.mem.Store16(q.used, f)
 }
 
+// Notified is the channel the driver's notifications arrive on, for a
+// consumer that waits for them together with other events (see Wait).
+func (q *Queue) Notified() <-chan struct{} { return q.kick }
+
 // Wait returns true when chains may be available and false when stop
 // closes. It polls for q.Poll with notifications off, then turns them on,
 // looks once more (the driver may have added a chain before it saw the

@@ -30,3 +30,11 @@ TEXT ·mmioRead8(SB),NOSPLIT,$0-9
 	MOVB (AX), BX
 	MOVB BX, ret+8(FP)
 	RET
+
+// func hypercall(port uint16, arg uint32): OUT to a hypercall port (the
+// TSS I/O bitmap lets CPL 3 code reach the monitor's ports).
+TEXT ·hypercall(SB),NOSPLIT,$0-8
+	MOVW port+0(FP), DX
+	MOVL arg+4(FP), AX
+	OUTL
+	RET

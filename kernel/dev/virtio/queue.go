@@ -76,6 +76,7 @@ type QueueStats struct {
 	Kicks      uint64 // Kick calls that published something
 	Notifies   uint64 // QueueNotify writes (VM exits)
 	Suppressed uint64 // publications that needed no notification
+	Doorbells  uint64 // notifications rung as doorbells (Lazy)
 	Sleeps     uint64 // Wait calls that slept on the interrupt
 	Wakeups    uint64 // sleeps ended by an interrupt
 }
@@ -92,6 +93,12 @@ type Queue struct {
 	// SpinTime is how long Wait polls the used ring before it sleeps on
 	// the interrupt (default 50 µs: about one VM exit).
 	SpinTime time.Duration
+	// Lazy lets Kick ring the transport's doorbell (Doorbell) instead of
+	// notifying: the device then hears of the chains a little later, when
+	// the kernel next exits, and the driver pays no exit. For queues whose
+	// requests can wait that long (transmitted frames: the sender goes on
+	// working, and the kernel delivers the doorbell when the vCPU idles).
+	Lazy bool
 
 	mu         sync.Mutex
 	desc       []desc
@@ -116,7 +123,7 @@ type Queue struct {
 
 	lastUsed atomic.Uint32 // low 16 bits: used idx reaped so far
 
-	added, completed, kicks, notifies, suppressed, sleeps, wakeups atomic.Uint64
+	added, completed, kicks, notifies, suppressed, doorbells, sleeps, wakeups atomic.Uint64
 }
 
 // NewQueue sets up queue index of d with up to size descriptors (0: the
@@ -260,13 +267,32 @@ func (q *Queue) Kick() bool {
 	}
 	q.mu.Unlock()
 	q.kicks.Add(1)
-	if need {
-		q.notifies.Add(1)
-		q.dev.t.Write32(RegQueueNotify, uint32(q.index))
-	} else {
+	if !need {
 		q.suppressed.Add(1)
+		return false
 	}
-	return need
+	if db, ok := q.dev.t.(Doorbell); ok && q.Lazy && db.Ring(q.index) {
+		q.doorbells.Add(1)
+		return true
+	}
+	q.notifies.Add(1)
+	q.dev.t.Write32(RegQueueNotify, uint32(q.index))
+	return true
+}
+
+// Notify publishes what was added and notifies the device at once,
+// whatever it asked for and even if Lazy (which may have left a doorbell
+// the device has not heard yet): for a driver that needs the device to
+// consume now, e.g. because the queue is full.
+func (q *Queue) Notify() {
+	q.mu.Lock()
+	if q.availIdx != q.published {
+		q.published = q.availIdx
+		q.storeAvailHdr()
+	}
+	q.mu.Unlock()
+	q.notifies.Add(1)
+	q.dev.t.Write32(RegQueueNotify, uint32(q.index))
 }
 
 // storeAvailHdr writes avail flags and the published idx as one word.
@@ -444,7 +470,7 @@ func (q *Queue) Wait(timeout time.Duration) bool {
 // Stats returns the queue's counters.
 func (q *Queue) Stats() QueueStats {
 	return QueueStats{Added: q.added.Load(), Completed: q.completed.Load(), Kicks: q.kicks.Load(),
-		Notifies: q.notifies.Load(), Suppressed: q.suppressed.Load(), Sleeps: q.sleeps.Load(), Wakeups: q.wakeups.Load()}
+		Notifies: q.notifies.Load(), Suppressed: q.suppressed.Load(), Doorbells: q.doorbells.Load(), Sleeps: q.sleeps.Load(), Wakeups: q.wakeups.Load()}
 }
 
 func (q *Queue) free() error {

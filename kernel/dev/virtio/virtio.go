@@ -44,6 +44,14 @@ type Transport interface {
 	Read8(off uint32) uint8
 }
 
+// Doorbell is a Transport that can take a notification that may wait: Ring
+// records it in memory the kernel delivers to the device later (in the
+// image: at its next exit, see kernel/boot). Ring reports false when it
+// cannot, and the caller notifies the usual way.
+type Doorbell interface {
+	Ring(queue uint16) bool
+}
+
 // virtio-mmio registers (spec §4.2.2, Version 2).
 const (
 	RegMagic             = 0x000

@@ -4,17 +4,23 @@ package main
 //
 // The stack writes packets into a channel endpoint wrapped by gVisor's
 // Ethernet layer (which adds and parses the 14-byte header and answers
-// ARP); a transmit goroutine drains it in batches, so that one device
-// notification covers many frames. Received frames are taken off the
+// ARP). The goroutine that wrote a packet drains the endpoint into the
+// transmit ring at once (the endpoint's write notification), without a
+// hand-off to another goroutine. The ring's notifications are lazy
+// (LazyTx): they ring the device's doorbell, which the kernel delivers
+// with its next exit, so the ACK for a request and the response that
+// follows usually reach the monitor together, when the vCPU goes idle.
+// Only a full ring is notified at once; frames that still do not fit
+// wait for the transmit goroutine. Received frames are taken off the
 // device by the serve loop (main.go), which waits for requests and for
 // the device's interrupt in one system call, and injected into the
 // stack. Frames are copied once each way, between the driver's DMA slots
 // and the stack's buffers.
 
 import (
-	"context"
 	"fmt"
 	"net/netip"
+	"sync"
 	"time"
 
 	"gvisor.dev/gvisor/pkg/buffer"
@@ -54,7 +60,7 @@ func attachEth(st *stack.Stack) ([]tcpip.Route, error) {
 		return nil, nil // no network device: loopback only
 	}
 	dma := virtio.Direct{Frames: unikernel.Kernel{}, RAMSize: virtio.RAMSize()}
-	dev, err := vnet.Open(info.Transport(), info.Interrupt(), dma, vnet.Config{})
+	dev, err := vnet.Open(info.Transport(), info.Interrupt(), dma, vnet.Config{LazyTx: true})
 	if err != nil {
 		return nil, fmt.Errorf("eth0: %w", err)
 	}
@@ -69,7 +75,9 @@ func attachEth(st *stack.Stack) ([]tcpip.Route, error) {
 	if err := st.AddProtocolAddress(ethNIC, pa, stack.AddressProperties{}); err != nil {
 		return nil, fmt.Errorf("eth0 address: %v", err)
 	}
-	go transmit(ch, dev)
+	tx := &txPath{ch: ch, dev: dev, wake: make(chan struct{}, 1)}
+	ch.AddNotify(tx)
+	go tx.retry()
 	eth0 = &nic{dev: dev, ch: ch, irq: info.Interrupt(), idx: info.IRQ}
 	return []tcpip.Route{
 		{Destination: pa.AddressWithPrefix.Subnet(), NIC: ethNIC},
@@ -77,33 +85,81 @@ func attachEth(st *stack.Stack) ([]tcpip.Route, error) {
 	}, nil
 }
 
-// transmit sends what the stack queued, a batch at a time.
-func transmit(ch *channel.Endpoint, dev *vnet.Device) {
-	ctx := context.Background()
-	frames := make([][]byte, 0, 64)
+// txPath moves the stack's outgoing packets into the transmit ring.
+type txPath struct {
+	ch   *channel.Endpoint
+	dev  *vnet.Device
+	wake chan struct{} // frames are left for retry
+
+	mu     sync.Mutex
+	frames [][]byte // batch being sent; what the ring did not take stays
+	left   int      // frames[:left] wait for retry
+}
+
+// WriteNotify implements channel.Notification: the goroutine that queued
+// a packet sends everything queued, unless earlier frames still wait for
+// room (the retry goroutine then sends them first, in order).
+func (t *txPath) WriteNotify() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.left == 0 {
+		t.sendLocked()
+	}
+}
+
+// sendLocked drains the endpoint in batches. If the ring fills, the
+// frames not taken are kept (copied) and the retry goroutine woken.
+func (t *txPath) sendLocked() {
 	for {
-		pkt := ch.ReadContext(ctx)
-		if pkt == nil {
-			return
-		}
-		frames = append(frames[:0], pkt.ToView().AsSlice())
-		pkt.DecRef()
-		for len(frames) < cap(frames) {
-			p := ch.Read()
+		batch := t.frames[:0]
+		for len(batch) < 64 {
+			p := t.ch.Read()
 			if p == nil {
 				break
 			}
-			frames = append(frames, p.ToView().AsSlice())
+			batch = append(batch, p.ToView().AsSlice())
 			p.DecRef()
 		}
-		for sent := 0; sent < len(frames); {
-			n, err := dev.Send(frames[sent:])
-			sent += n
-			if err != nil || n == 0 {
-				// The device holds every slot: give it a moment to
-				// complete some.
-				time.Sleep(50 * time.Microsecond)
+		t.frames = batch
+		if len(batch) == 0 {
+			return
+		}
+		n, err := t.dev.Send(batch)
+		if err != nil && n < len(batch) {
+			n++ // a malformed frame is dropped, the rest go on
+		}
+		if n < len(batch) {
+			t.left = copy(t.frames, batch[n:])
+			select {
+			case t.wake <- struct{}{}:
+			default:
 			}
+			return
+		}
+	}
+}
+
+// retry sends frames the ring had no room for, then what the stack
+// queued meanwhile.
+func (t *txPath) retry() {
+	for range t.wake {
+		for {
+			t.mu.Lock()
+			n, err := t.dev.Send(t.frames[:t.left])
+			if err != nil && n < t.left {
+				n++
+			}
+			t.left = copy(t.frames, t.frames[n:t.left])
+			if t.left == 0 {
+				t.sendLocked()
+			}
+			done := t.left == 0
+			t.mu.Unlock()
+			if done {
+				break
+			}
+			// The device holds every slot: give it a moment.
+			time.Sleep(50 * time.Microsecond)
 		}
 	}
 }

@@ -67,6 +67,11 @@ type Config struct {
 	// QueueSize is the number of descriptors per queue (default: the
 	// device's maximum, capped at 256).
 	QueueSize int
+	// LazyTx lets Send ring the transport's doorbell instead of
+	// notifying (virtio.Queue.Lazy): transmitted frames then reach the
+	// device when the kernel next exits, and a full ring is notified at
+	// once.
+	LazyTx bool
 }
 
 // Device is an open virtio-net device.
@@ -123,6 +128,7 @@ func Open(t virtio.Transport, irq virtio.Interrupt, dma virtio.DMA, cfg Config) 
 	if d.tx, err = virtio.NewQueue(vd, txQueue, cfg.QueueSize, dma); err != nil {
 		return fail(err)
 	}
+	d.tx.Lazy = cfg.LazyTx
 	if d.rxMem, err = dma.Alloc(d.rx.Size() * slotSize); err != nil {
 		return fail(err)
 	}
@@ -185,12 +191,25 @@ func (d *Device) LinkUp() bool {
 
 // Send queues Ethernet frames (destination MAC first, no FCS) for
 // transmission: it copies them into transmit buffers, so the caller may
-// reuse them at once, and notifies the device once for the batch. It
-// returns how many it took, a prefix of frames: fewer with a nil error
-// means the transmit ring is full (call again later: completions are
-// reaped by Send itself). A frame longer than MaxFrame, or shorter than
-// an Ethernet header, stops the batch with an error wrapping EINVAL.
+// reuse them at once, and notifies the device once for the batch (with
+// LazyTx, rings its doorbell). It returns how many it took, a prefix of
+// frames: fewer with a nil error means the transmit ring is full (call
+// again later: completions are reaped by Send itself). With LazyTx a full
+// ring is first notified at once, so that a device that has not heard
+// the doorbell yet frees it. A frame longer than MaxFrame, or shorter
+// than an Ethernet header, stops the batch with an error wrapping EINVAL.
 func (d *Device) Send(frames [][]byte) (int, error) {
+	n, err := d.send(frames)
+	if n < len(frames) && err == nil && d.tx.Lazy {
+		d.tx.Notify()
+		var m int
+		m, err = d.send(frames[n:])
+		n += m
+	}
+	return n, err
+}
+
+func (d *Device) send(frames [][]byte) (int, error) {
 	d.txMu.Lock()
 	if d.isClosed() {
 		d.txMu.Unlock()
