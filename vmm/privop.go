@@ -45,6 +45,25 @@ func (v *vcpu) flushTLB() error {
 	if err := v.c.GetSregs(&s); err != nil {
 		return err
 	}
+	// An exception KVM is still delivering to the interrupted program (the
+	// kick came in the middle of it) would otherwise be delivered into
+	// the stub, at CPL 0 on the stub's stack, and be lost: set it aside
+	// and put it back afterwards, after the registers (KVM_SET_REGS drops
+	// a pending exception).
+	var ev kvm.Events
+	inFlight := v.c.GetEvents(&ev) == nil && ev.InFlight()
+	if inFlight {
+		quiet := ev
+		quiet.ExceptionInjected, quiet.ExceptionPending, quiet.ExceptionHasErrorCode = 0, 0, 0
+		quiet.ExceptionNr, quiet.ExceptionErrorCode = 0, 0
+		quiet.InterruptInjected, quiet.InterruptNr, quiet.InterruptSoft = 0, 0, 0
+		quiet.NMIInjected, quiet.NMIPending = 0, 0
+		quiet.ExceptionHasPayload, quiet.ExceptionPayload = 0, 0
+		if err := v.c.SetEvents(&quiet); err != nil {
+			return err
+		}
+		v.m.flushEvents.Add(1)
+	}
 	// The stub runs on the top of this vCPU's IST stack, and an exception
 	// inside it is pushed there too: keep whatever frame the interrupted
 	// guest had in flight there (a fault entry caught before it copied
@@ -66,6 +85,11 @@ func (v *vcpu) flushTLB() error {
 	}
 	if rerr := v.c.SetRegs(&r); rerr != nil && err == nil {
 		err = rerr
+	}
+	if inFlight {
+		if eerr := v.c.SetEvents(&ev); eerr != nil && err == nil {
+			err = eerr
+		}
 	}
 	return err
 }

@@ -9,8 +9,9 @@
 // so the GDT follows Linux's layout; KVM_INTERRUPT does not deliver to a
 // CPL 3 guest, so the preemption tick is delivered by this monitor itself:
 // it pushes an interrupt frame on the vCPU's IST stack and redirects RIP to
-// the kernel's tick entry (unless the kernel is running, in which case the
-// tick is left pending for the kernel to take on its way out).
+// the kernel's tick entry (unless the kernel is running, or KVM is still
+// delivering an exception to the vCPU, in which case the tick is left
+// pending for the kernel to take on its way out).
 package vmm
 
 import (
@@ -85,6 +86,8 @@ type Stats struct {
 	TicksDeferred     uint64
 	TLBFlushes        uint64        // per-vCPU TLB flushes run by the monitor (privop)
 	FlushRetries      uint64        // flush stubs PVM refused or faulted, retried
+	TicksInFlight     uint64        // ticks deferred because an exception was still being delivered (part of TicksDeferred)
+	FlushesInFlight   uint64        // flushes that set an in-flight exception aside and put it back
 	DeviceIRQs        uint64        // device interrupts the kernel handled
 	Devices           []DeviceStats `json:",omitempty"` // per device (attach.go)
 	MMIOExits         uint64        // device register accesses (each a VM exit)
@@ -140,6 +143,7 @@ type machine struct {
 	firstSC atomic.Int64
 
 	exits, intrExits, ticks, deferred, flushes, flushRetries atomic.Uint64
+	eventDefers, flushEvents                                 atomic.Uint64 // ticks deferred / flushes run with a CPU event in flight
 	mmioExits, irqs                                          atomic.Uint64
 	hcCount                                                  [13]atomic.Uint64
 	devs                                                     []attached // devices.go
@@ -782,6 +786,22 @@ func (v *vcpu) deliverTick() {
 		m.deferred.Add(1)
 		return
 	}
+	// An exception KVM has taken on but not delivered yet (the signal
+	// that kicked KVM_RUN out came while a page fault was being injected:
+	// under snapshots, a copy-on-write write fault) would be delivered on
+	// the next entry against the registers set here, not the program's:
+	// its frame would land on the same IST1 slots as the tick's, and the
+	// thread's saved context would become RIP=tickEntry, RSP=the IST
+	// stack; tickEntry, resumed later, then reads whatever frame that
+	// stack holds by then (another thread's RIP and RSP). The exception is
+	// about to enter the kernel anyway: leave the tick pending for it.
+	var ev kvm.Events
+	if err := v.c.GetEvents(&ev); err != nil || ev.InFlight() {
+		atomic.StoreUint64(m.pc64(v.id, boot.PCTickPend), 1)
+		m.deferred.Add(1)
+		m.eventDefers.Add(1)
+		return
+	}
 	top := m.istTop(v.id) - 40
 	m.put64(top, r.RIP)
 	m.put64(top+8, boot.SelUserCode)
@@ -982,6 +1002,8 @@ func (m *machine) collectStats() Stats {
 		TicksDeferred:     m.deferred.Load(),
 		TLBFlushes:        m.flushes.Load(),
 		FlushRetries:      m.flushRetries.Load(),
+		TicksInFlight:     m.eventDefers.Load(),
+		FlushesInFlight:   m.flushEvents.Load(),
 		MMIOExits:         m.mmioExits.Load(),
 		PatchedSyscalls:   m.patched,
 		HypercallExits:    map[string]uint64{},

@@ -36,6 +36,8 @@ const (
 	kvmSetCPUID2           = 0x4008ae90
 	kvmGetTSCKHz           = 0xaea3
 	kvmSetXCRs             = 0x4188aea7
+	kvmGetVCPUEvents       = 0x8040ae9f
+	kvmSetVCPUEvents       = 0x4040aea0
 )
 
 // Exit reasons reported in Run.ExitReason.
@@ -275,6 +277,43 @@ func (c *VCPU) GetSregs(s *Sregs) error {
 // SetSregs writes the special registers.
 func (c *VCPU) SetSregs(s *Sregs) error {
 	_, err := ioctlPtr(c.fd, kvmSetSregs, unsafe.Pointer(s))
+	return err
+}
+
+// Events is struct kvm_vcpu_events: an exception, interrupt or NMI that
+// KVM has taken on for the guest but not finished delivering. After an
+// exit (a signal kicked KVM_RUN out, say) one may still be in flight: KVM
+// delivers it on the next entry, with the registers as they are then.
+type Events struct {
+	ExceptionInjected, ExceptionNr, ExceptionHasErrorCode, ExceptionPending uint8
+	ExceptionErrorCode                                                      uint32
+	InterruptInjected, InterruptNr, InterruptSoft, InterruptShadow          uint8
+	NMIInjected, NMIPending, NMIMasked, _                                   uint8
+	SIPIVector                                                              uint32
+	Flags                                                                   uint32
+	SMI                                                                     [4]uint8
+	TripleFaultPending                                                      uint8
+	_                                                                       [26]uint8
+	ExceptionHasPayload                                                     uint8
+	ExceptionPayload                                                        uint64
+}
+
+// InFlight reports whether an event is still being delivered: an
+// exception or interrupt pending or injected, or an NMI.
+func (e *Events) InFlight() bool {
+	return e.ExceptionInjected|e.ExceptionPending|e.InterruptInjected|e.NMIInjected|e.NMIPending|e.TripleFaultPending != 0
+}
+
+// GetEvents reads the vCPU's in-flight events.
+func (c *VCPU) GetEvents(e *Events) error {
+	_, err := ioctlPtr(c.fd, kvmGetVCPUEvents, unsafe.Pointer(e))
+	return err
+}
+
+// SetEvents writes the vCPU's in-flight events (flags select the optional
+// parts; 0 sets exception, interrupt and NMI state only).
+func (c *VCPU) SetEvents(e *Events) error {
+	_, err := ioctlPtr(c.fd, kvmSetVCPUEvents, unsafe.Pointer(e))
 	return err
 }
 

@@ -20,6 +20,10 @@ func TestABISizes(t *testing.T) {
 	if s := unsafe.Sizeof(userMemoryRegion{}); s != 0x20 {
 		t.Errorf("kvm_userspace_memory_region %d bytes", s)
 	}
+	if s := unsafe.Sizeof(Events{}); s != 0x40 || unsafe.Offsetof(Events{}.InterruptInjected) != 8 || unsafe.Offsetof(Events{}.Flags) != 20 ||
+		unsafe.Offsetof(Events{}.TripleFaultPending) != 28 || unsafe.Offsetof(Events{}.ExceptionHasPayload) != 55 {
+		t.Errorf("kvm_vcpu_events %d bytes or misaligned fields", s)
+	}
 	if s := unsafe.Sizeof(CPUIDEntry{}); s != 40 {
 		t.Errorf("kvm_cpuid_entry2 %d bytes", s)
 	}
