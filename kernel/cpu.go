@@ -179,6 +179,10 @@ func Keep() int {
 	return n
 }
 
+// faultCommon is the fault stubs' shared body (entry_amd64.s); only they
+// jump to it.
+func faultCommon()
+
 func fault0()
 func fault1()
 func fault2()

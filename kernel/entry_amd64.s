@@ -211,7 +211,15 @@ gprs:
 // is the monitor's, not the program's or the kernel's: the vCPU's real
 // state is held by the monitor, which puts it back and retries. It is
 // reported before anything is saved, so no per-CPU state changes.
-TEXT faultCommon<>(SB),NOSPLIT|NOFRAME,$0
+//
+// Until PC_INKERNEL is set below, only its RIP tells the monitor that a
+// tick must wait: a global symbol, so that it lies within the range of
+// kernel.*.abi0 entry code the monitor defers ticks in (vmm/vmm.go). As a
+// file-local symbol (faultCommon<>) the linker placed it before that
+// range; a tick there pushed its frame over the exception's on IST1 and
+// tickEntry saved this code's registers over the program's in the
+// thread's frame (issue 8: corrupted contexts, endless fault loops).
+TEXT ·faultCommon(SB),NOSPLIT|NOFRAME,$0
 	CMPQ 16(SP), $PRIVOP_ADDR
 	JB notprivop
 	CMPQ 16(SP), $PRIVOP_END
@@ -293,152 +301,152 @@ TEXT ·cpuPause(SB),NOSPLIT,$0
 TEXT ·fault0(SB),NOSPLIT|NOFRAME,$0
 	PUSHQ $0
 	PUSHQ $0
-	JMP faultCommon<>(SB)
+	JMP ·faultCommon(SB)
 
 TEXT ·fault1(SB),NOSPLIT|NOFRAME,$0
 	PUSHQ $0
 	PUSHQ $1
-	JMP faultCommon<>(SB)
+	JMP ·faultCommon(SB)
 
 TEXT ·fault2(SB),NOSPLIT|NOFRAME,$0
 	PUSHQ $0
 	PUSHQ $2
-	JMP faultCommon<>(SB)
+	JMP ·faultCommon(SB)
 
 TEXT ·fault3(SB),NOSPLIT|NOFRAME,$0
 	PUSHQ $0
 	PUSHQ $3
-	JMP faultCommon<>(SB)
+	JMP ·faultCommon(SB)
 
 TEXT ·fault4(SB),NOSPLIT|NOFRAME,$0
 	PUSHQ $0
 	PUSHQ $4
-	JMP faultCommon<>(SB)
+	JMP ·faultCommon(SB)
 
 TEXT ·fault5(SB),NOSPLIT|NOFRAME,$0
 	PUSHQ $0
 	PUSHQ $5
-	JMP faultCommon<>(SB)
+	JMP ·faultCommon(SB)
 
 TEXT ·fault6(SB),NOSPLIT|NOFRAME,$0
 	PUSHQ $0
 	PUSHQ $6
-	JMP faultCommon<>(SB)
+	JMP ·faultCommon(SB)
 
 TEXT ·fault7(SB),NOSPLIT|NOFRAME,$0
 	PUSHQ $0
 	PUSHQ $7
-	JMP faultCommon<>(SB)
+	JMP ·faultCommon(SB)
 
 TEXT ·fault8(SB),NOSPLIT|NOFRAME,$0
 	PUSHQ $8
-	JMP faultCommon<>(SB)
+	JMP ·faultCommon(SB)
 
 TEXT ·fault9(SB),NOSPLIT|NOFRAME,$0
 	PUSHQ $0
 	PUSHQ $9
-	JMP faultCommon<>(SB)
+	JMP ·faultCommon(SB)
 
 TEXT ·fault10(SB),NOSPLIT|NOFRAME,$0
 	PUSHQ $10
-	JMP faultCommon<>(SB)
+	JMP ·faultCommon(SB)
 
 TEXT ·fault11(SB),NOSPLIT|NOFRAME,$0
 	PUSHQ $11
-	JMP faultCommon<>(SB)
+	JMP ·faultCommon(SB)
 
 TEXT ·fault12(SB),NOSPLIT|NOFRAME,$0
 	PUSHQ $12
-	JMP faultCommon<>(SB)
+	JMP ·faultCommon(SB)
 
 TEXT ·fault13(SB),NOSPLIT|NOFRAME,$0
 	PUSHQ $13
-	JMP faultCommon<>(SB)
+	JMP ·faultCommon(SB)
 
 TEXT ·fault14(SB),NOSPLIT|NOFRAME,$0
 	PUSHQ $14
-	JMP faultCommon<>(SB)
+	JMP ·faultCommon(SB)
 
 TEXT ·fault15(SB),NOSPLIT|NOFRAME,$0
 	PUSHQ $0
 	PUSHQ $15
-	JMP faultCommon<>(SB)
+	JMP ·faultCommon(SB)
 
 TEXT ·fault16(SB),NOSPLIT|NOFRAME,$0
 	PUSHQ $0
 	PUSHQ $16
-	JMP faultCommon<>(SB)
+	JMP ·faultCommon(SB)
 
 TEXT ·fault17(SB),NOSPLIT|NOFRAME,$0
 	PUSHQ $17
-	JMP faultCommon<>(SB)
+	JMP ·faultCommon(SB)
 
 TEXT ·fault18(SB),NOSPLIT|NOFRAME,$0
 	PUSHQ $0
 	PUSHQ $18
-	JMP faultCommon<>(SB)
+	JMP ·faultCommon(SB)
 
 TEXT ·fault19(SB),NOSPLIT|NOFRAME,$0
 	PUSHQ $0
 	PUSHQ $19
-	JMP faultCommon<>(SB)
+	JMP ·faultCommon(SB)
 
 TEXT ·fault20(SB),NOSPLIT|NOFRAME,$0
 	PUSHQ $0
 	PUSHQ $20
-	JMP faultCommon<>(SB)
+	JMP ·faultCommon(SB)
 
 TEXT ·fault21(SB),NOSPLIT|NOFRAME,$0
 	PUSHQ $21
-	JMP faultCommon<>(SB)
+	JMP ·faultCommon(SB)
 
 TEXT ·fault22(SB),NOSPLIT|NOFRAME,$0
 	PUSHQ $0
 	PUSHQ $22
-	JMP faultCommon<>(SB)
+	JMP ·faultCommon(SB)
 
 TEXT ·fault23(SB),NOSPLIT|NOFRAME,$0
 	PUSHQ $0
 	PUSHQ $23
-	JMP faultCommon<>(SB)
+	JMP ·faultCommon(SB)
 
 TEXT ·fault24(SB),NOSPLIT|NOFRAME,$0
 	PUSHQ $0
 	PUSHQ $24
-	JMP faultCommon<>(SB)
+	JMP ·faultCommon(SB)
 
 TEXT ·fault25(SB),NOSPLIT|NOFRAME,$0
 	PUSHQ $0
 	PUSHQ $25
-	JMP faultCommon<>(SB)
+	JMP ·faultCommon(SB)
 
 TEXT ·fault26(SB),NOSPLIT|NOFRAME,$0
 	PUSHQ $0
 	PUSHQ $26
-	JMP faultCommon<>(SB)
+	JMP ·faultCommon(SB)
 
 TEXT ·fault27(SB),NOSPLIT|NOFRAME,$0
 	PUSHQ $0
 	PUSHQ $27
-	JMP faultCommon<>(SB)
+	JMP ·faultCommon(SB)
 
 TEXT ·fault28(SB),NOSPLIT|NOFRAME,$0
 	PUSHQ $0
 	PUSHQ $28
-	JMP faultCommon<>(SB)
+	JMP ·faultCommon(SB)
 
 TEXT ·fault29(SB),NOSPLIT|NOFRAME,$0
 	PUSHQ $29
-	JMP faultCommon<>(SB)
+	JMP ·faultCommon(SB)
 
 TEXT ·fault30(SB),NOSPLIT|NOFRAME,$0
 	PUSHQ $30
-	JMP faultCommon<>(SB)
+	JMP ·faultCommon(SB)
 
 TEXT ·fault31(SB),NOSPLIT|NOFRAME,$0
 	PUSHQ $0
 	PUSHQ $31
-	JMP faultCommon<>(SB)
+	JMP ·faultCommon(SB)
 
 
 // vdsoClockGettime is __vdso_clock_gettime (C ABI: DI = clock id, SI =

@@ -300,12 +300,18 @@ func (m *machine) setup(img *Image) error {
 		}
 		m.entry[name] = s.Value
 	}
+	// The kernel's entry code (its assembly: kernel.*.abi0): a tick that
+	// finds RIP there waits, as it does while PC_INKERNEL is set. The
+	// fault entry runs there before it can set PC_INKERNEL.
 	m.stubLo, m.stubHi = ^uint64(0), 0
 	for name, s := range m.kern.byName {
 		if strings.HasPrefix(name, boot.SymPrefix) && strings.HasSuffix(name, ".abi0") {
 			m.stubLo = min(m.stubLo, s.Value)
 			m.stubHi = max(m.stubHi, s.Value+s.Size)
 		}
+	}
+	if fc, ok := m.kern.byName[boot.SymFaultCommon]; !ok || fc.Value < m.stubLo || fc.Value+fc.Size > m.stubHi {
+		return fmt.Errorf("vmm: kernel ELF: %s missing or outside the entry code [%#x, %#x)", boot.SymFaultCommon, m.stubLo, m.stubHi)
 	}
 	if m.kern.byName[boot.SymFaultPrefix+"14.abi0"].Value == 0 {
 		return fmt.Errorf("vmm: kernel ELF lacks fault entries")

@@ -273,6 +273,7 @@ const (
 	SymAPEntry      = SymPrefix + "apEntry.abi0"
 	SymResume       = SymPrefix + "resume.abi0"
 	SymFaultPrefix  = SymPrefix + "fault"
+	SymFaultCommon  = SymPrefix + "faultCommon.abi0" // must lie within the entry-code range (vmm defers ticks there)
 	SymVDSOClock    = SymPrefix + "vdsoClockGettime.abi0"
 	SymVDSOTOD      = SymPrefix + "vdsoGettimeofday.abi0"
 	SymKCallEntry   = SymPrefix + "kcallEntry.abi0"
