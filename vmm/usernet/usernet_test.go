@@ -48,11 +48,12 @@ type guest struct {
 	dev  *netdev.Device
 }
 
-const slot = 2048
+// slot holds the virtio header and a frame of the link's MTU.
+const slot = (netdev.HeaderSize + 14 + boot.NetMTU + 63) &^ 63
 
 func newGuest(t *testing.T, cfg usernet.Config) *guest {
 	t.Helper()
-	g := &guest{t: t, mem: virtio.NewMemory(make([]byte, 8<<20)), irq: make(chan struct{}, 1), stop: make(chan struct{})}
+	g := &guest{t: t, mem: virtio.NewMemory(make([]byte, 16<<20)), irq: make(chan struct{}, 1), stop: make(chan struct{})}
 	mac, _ := net.ParseMAC(boot.GuestMAC)
 	dev, err := netdev.New(mac, boot.NetMTU, nil)
 	if err != nil {
@@ -71,7 +72,7 @@ func newGuest(t *testing.T, cfg usernet.Config) *guest {
 		}
 	}, nil)
 	g.drv = virtiotest.New(g.tr, g.mem, 0x1000)
-	if err := g.drv.Init(virtio.FVersion1|virtio.FRingEventIdx|netdev.FMAC|netdev.FMTU|netdev.FStatus, 0); err != nil {
+	if err := g.drv.Init(virtio.FVersion1|virtio.FRingEventIdx|netdev.FMAC|netdev.FMTU|netdev.FStatus, 32); err != nil {
 		t.Fatal(err)
 	}
 	var cfgMAC [6]byte

@@ -168,7 +168,7 @@ func (t *txPath) retry() {
 // many; it does not wait.
 func (n *nic) receive() int {
 	k, _ := n.dev.Receive(func(frame []byte) {
-		pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(append([]byte(nil), frame...))})
+		pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithView(buffer.NewViewWithData(frame))})
 		n.ch.InjectInbound(0, pkt)
 		pkt.DecRef()
 	})

@@ -3,10 +3,14 @@
 // configuration, Ethernet frames in and out. It is the link layer under
 // the network service (gVisor's stack); it knows nothing about IP.
 //
-// Design. Every buffer is a fixed 2 KiB slot of one DMA region per
+// Design. Every buffer is a fixed-size slot (the device's MTU plus the
+// Ethernet and virtio headers, at least 2 KiB) of DMA regions per
 // direction: a 12-byte virtio_net_hdr_v1 (VIRTIO_F_VERSION_1, no
 // offloads negotiated, so the header is all zeroes on transmit and ignored
-// on receive) followed by the frame. Receive slots are all posted at Open
+// on receive) followed by the frame. DMA regions are at most 2 MiB, so
+// large slots (the monitor's link has a 64 KiB MTU: fewer frames per
+// byte) span several regions, and the rings are shorter (ringBytes per
+// direction by default). Receive slots are all posted at Open
 // and re-posted as soon as their frame has been handed to the caller, so
 // the device always has buffers; transmit slots are taken from a free list
 // and come back when the device reports them used (reaped at the next
@@ -47,9 +51,56 @@ const (
 // HeaderSize is the size of virtio_net_hdr_v1 (with num_buffers).
 const HeaderSize = 12
 
-// slotSize is the size of one buffer: header + the largest frame we
-// accept (1514 at MTU 1500), rounded up.
-const slotSize = 2048
+// minSlot is the smallest buffer: header + the largest frame at MTU 1500
+// (1514), rounded up. Buffers grow with the device's MTU.
+const minSlot = 2048
+
+// maxSlot bounds the MTU the driver accepts: 64 KiB buffers.
+const maxSlot = 64 << 10
+
+// ringBytes is the buffer memory per direction the default queue size
+// allows (queues of 2 KiB slots stay at 256 entries).
+const ringBytes = 4 << 20
+
+// dmaChunk is the largest contiguous DMA region (virtio.Direct).
+const dmaChunk = 2 << 20
+
+// slab is n fixed-size slots over as many DMA regions as it takes.
+type slab struct {
+	regions []virtio.Region
+	slot    int // bytes per slot (a divisor of dmaChunk, or less than it)
+	per     int // slots per region
+}
+
+func newSlab(dma virtio.DMA, n, slot int) (*slab, error) {
+	per := max(1, dmaChunk/slot)
+	s := &slab{slot: slot, per: per}
+	for n > 0 {
+		k := min(n, per)
+		r, err := dma.Alloc(k * slot)
+		if err != nil {
+			s.free(dma)
+			return nil, err
+		}
+		s.regions = append(s.regions, r)
+		n -= k
+	}
+	return s, nil
+}
+
+// buf returns slot i's memory and its physical address.
+func (s *slab) buf(i int) ([]byte, uint64) {
+	r := &s.regions[i/s.per]
+	off := (i % s.per) * s.slot
+	return r.Buf[off : off+s.slot], r.Phys + uint64(off)
+}
+
+func (s *slab) free(dma virtio.DMA) {
+	for _, r := range s.regions {
+		dma.Free(r)
+	}
+	s.regions = nil
+}
 
 const (
 	rxQueue = 0
@@ -65,7 +116,7 @@ const (
 // Config tunes Open; zero values take defaults.
 type Config struct {
 	// QueueSize is the number of descriptors per queue (default: the
-	// device's maximum, capped at 256).
+	// device's maximum, capped at 256 and at ringBytes of buffers).
 	QueueSize int
 	// LazyTx lets Send ring the transport's doorbell instead of
 	// notifying (virtio.Queue.Lazy): transmitted frames then reach the
@@ -76,19 +127,20 @@ type Config struct {
 
 // Device is an open virtio-net device.
 type Device struct {
-	vd  *virtio.Device
-	rx  *virtio.Queue
-	tx  *virtio.Queue
-	dma virtio.DMA
-	mac [6]byte
-	mtu int
+	vd   *virtio.Device
+	rx   *virtio.Queue
+	tx   *virtio.Queue
+	dma  virtio.DMA
+	mac  [6]byte
+	mtu  int
+	slot int // bytes per buffer
 
 	rxMu   sync.Mutex
-	rxMem  virtio.Region
+	rxMem  *slab
 	rxUsed []virtio.Used
 
 	txMu   sync.Mutex
-	txMem  virtio.Region
+	txMem  *slab
 	txFree []uint16
 	txUsed []virtio.Used
 
@@ -104,7 +156,7 @@ func Open(t virtio.Transport, irq virtio.Interrupt, dma virtio.DMA, cfg Config) 
 	if err != nil {
 		return nil, fmt.Errorf("virtio-net: %w", err)
 	}
-	d := &Device{vd: vd, dma: dma, mtu: 1500}
+	d := &Device{vd: vd, dma: dma, mtu: 1500, slot: minSlot}
 	if vd.Has(FMAC) {
 		for i := range d.mac {
 			d.mac[i] = vd.Config8(cfgMAC + uint32(i))
@@ -114,25 +166,30 @@ func Open(t virtio.Transport, irq virtio.Interrupt, dma virtio.DMA, cfg Config) 
 		d.mac = [6]byte{0x02, 0x43, 0x55, 0x4d, 0x00, 0x01}
 	}
 	if vd.Has(FMTU) {
-		if m := int(vd.Config16(cfgMTU)); m >= 68 && m <= slotSize-HeaderSize-14 {
+		if m := int(vd.Config16(cfgMTU)); m >= 68 && m <= maxSlot-HeaderSize-14 {
 			d.mtu = m
+			d.slot = max(minSlot, (HeaderSize+14+m+63)&^63)
 		}
+	}
+	qsize := cfg.QueueSize
+	if qsize <= 0 {
+		qsize = min(256, max(8, ringBytes/d.slot))
 	}
 	fail := func(err error) (*Device, error) {
 		d.free()
 		return nil, fmt.Errorf("virtio-net: %w", err)
 	}
-	if d.rx, err = virtio.NewQueue(vd, rxQueue, cfg.QueueSize, dma); err != nil {
+	if d.rx, err = virtio.NewQueue(vd, rxQueue, qsize, dma); err != nil {
 		return fail(err)
 	}
-	if d.tx, err = virtio.NewQueue(vd, txQueue, cfg.QueueSize, dma); err != nil {
+	if d.tx, err = virtio.NewQueue(vd, txQueue, qsize, dma); err != nil {
 		return fail(err)
 	}
 	d.tx.Lazy = cfg.LazyTx
-	if d.rxMem, err = dma.Alloc(d.rx.Size() * slotSize); err != nil {
+	if d.rxMem, err = newSlab(dma, d.rx.Size(), d.slot); err != nil {
 		return fail(err)
 	}
-	if d.txMem, err = dma.Alloc(d.tx.Size() * slotSize); err != nil {
+	if d.txMem, err = newSlab(dma, d.tx.Size(), d.slot); err != nil {
 		return fail(err)
 	}
 	for i := 0; i < d.rx.Size(); i++ {
@@ -155,19 +212,20 @@ func Open(t virtio.Transport, irq virtio.Interrupt, dma virtio.DMA, cfg Config) 
 
 func (d *Device) free() {
 	d.vd.Close() // reset first: the device stops touching memory
-	if d.rxMem.Buf != nil {
-		d.dma.Free(d.rxMem)
-		d.rxMem = virtio.Region{}
+	if d.rxMem != nil {
+		d.rxMem.free(d.dma)
+		d.rxMem = nil
 	}
-	if d.txMem.Buf != nil {
-		d.dma.Free(d.txMem)
-		d.txMem = virtio.Region{}
+	if d.txMem != nil {
+		d.txMem.free(d.dma)
+		d.txMem = nil
 	}
 }
 
 // postRx gives receive slot i to the device (not yet published).
 func (d *Device) postRx(i uint16) error {
-	return d.rx.Add([]virtio.Buffer{{Addr: d.rxMem.Phys + uint64(i)*slotSize, Len: slotSize, DeviceWrites: true}}, uint64(i))
+	_, phys := d.rxMem.buf(int(i))
+	return d.rx.Add([]virtio.Buffer{{Addr: phys, Len: uint32(d.slot), DeviceWrites: true}}, uint64(i))
 }
 
 // MAC returns the device's Ethernet address.
@@ -230,10 +288,10 @@ func (d *Device) send(frames [][]byte) (int, error) {
 			break
 		}
 		s := d.txFree[len(d.txFree)-1]
-		buf := d.txMem.Buf[int(s)*slotSize : int(s+1)*slotSize]
+		buf, phys := d.txMem.buf(int(s))
 		clear(buf[:HeaderSize]) // flags 0, gso_type NONE, no checksum offload
 		copy(buf[HeaderSize:], f)
-		if e := d.tx.Add([]virtio.Buffer{{Addr: d.txMem.Phys + uint64(s)*slotSize, Len: uint32(HeaderSize + len(f))}}, uint64(s)); e != nil {
+		if e := d.tx.Add([]virtio.Buffer{{Addr: phys, Len: uint32(HeaderSize + len(f))}}, uint64(s)); e != nil {
 			break // ErrQueueFull cannot happen (one descriptor per slot); a broken queue shows in reapTx next time
 		}
 		d.txFree = d.txFree[:len(d.txFree)-1]
@@ -283,8 +341,9 @@ func (d *Device) Receive(fn func(frame []byte)) (int, error) {
 		k, err := d.rx.Reap(d.rxUsed)
 		for _, u := range d.rxUsed[:k] {
 			s := uint16(u.Token)
-			if u.Len > HeaderSize && u.Len <= slotSize {
-				fn(d.rxMem.Buf[int(s)*slotSize+HeaderSize : int(s)*slotSize+int(u.Len)])
+			if u.Len > HeaderSize && int(u.Len) <= d.slot {
+				buf, _ := d.rxMem.buf(int(s))
+				fn(buf[HeaderSize:u.Len])
 				total++
 			} // else: a runt (header only or bad length): dropped
 			if e := d.postRx(s); e != nil && err == nil {
