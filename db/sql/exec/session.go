@@ -109,6 +109,8 @@ type Session struct {
 	// counts its statements (SET TRANSACTION must come first).
 	txIso     string
 	txQueries int
+	// templates caches simple-protocol statement shapes (autoparam.go).
+	templates map[string]*template
 }
 
 // NewSession starts a session.
@@ -295,6 +297,10 @@ type Prepared struct {
 	plan       stmtPlan
 	version    uint64
 	planned    bool
+	// template and args: a simple-protocol statement executed as its
+	// session template (autoparam.go).
+	template *Prepared
+	args     []datum.Value
 }
 
 // stmtPlan is a planned DML or query statement.
@@ -305,6 +311,9 @@ type stmtPlan interface {
 
 // Parse parses a query string into statements (simple protocol).
 func (s *Session) Parse(sql string) ([]*Prepared, error) {
+	if t, args, ok := s.templated(sql); ok {
+		return []*Prepared{{Stmt: t.Stmt, template: t, args: args}}, nil
+	}
 	stmts, err := s.parser.Parse(sql)
 	if err != nil {
 		return nil, err
@@ -420,6 +429,9 @@ const maxRetries = 50
 
 // Execute runs a prepared statement with parameter values.
 func (s *Session) Execute(p *Prepared, params []datum.Value) (res *Result, err error) {
+	if p.template != nil {
+		return s.Execute(p.template, p.args)
+	}
 	defer func() {
 		if r := recover(); r != nil {
 			s.eng.Logger.Error("exec: panic", "sql", p.Stmt.SQL, "panic", r)
