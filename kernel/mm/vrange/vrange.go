@@ -405,10 +405,17 @@ func (a *Allocator) insert(p *perCPU, start, end uintptr) {
 	}
 	copy(p.free[i:], p.free[j:p.n])
 	p.n -= j - i
-	// Fold into the bump region of the current superblock.
-	if p.hasSB && end == p.cur && start >= p.base {
-		p.cur = start
-		return
+	// Fold into the bump region of the current superblock what reaches
+	// it from below. A merged span may start in the superblock before
+	// (the old tail retired when this one was taken, when the two are
+	// adjacent): only the part inside this superblock folds, the rest
+	// stays a span ending at its base.
+	if p.hasSB && end == p.cur && end > p.base {
+		if start >= p.base {
+			p.cur = start
+			return
+		}
+		p.cur, end = p.base, p.base
 	}
 	a.place(p, i, start, end)
 }

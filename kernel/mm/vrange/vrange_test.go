@@ -216,6 +216,39 @@ func TestDropWhenListFull(t *testing.T) {
 	}
 }
 
+// TestFoldAcrossSuperblocks: a span freed at the bottom of the current
+// superblock merges with the retired tail of the adjacent superblock
+// before it; the part inside the current superblock must fold back into
+// the bump region, or once the old superblock goes back to the pool a
+// span is left touching the bump region (TestStress caught it in about
+// one run in 25).
+func TestFoldAcrossSuperblocks(t *testing.T) {
+	a := newAlloc(t, lo0, lo0+16*2*mib, 1, 2*mib)
+	s0, err := a.Alloc(0, 0x28000, 2*mib)
+	if err != nil || s0 != lo0 {
+		t.Fatalf("first alloc %#x, %v", s0, err)
+	}
+	s1, err := a.Alloc(0, 0x27000, 2*mib) // does not fit: takes the next superblock
+	if err != nil || s1 != lo0+2*mib {
+		t.Fatalf("second alloc %#x, %v", s1, err)
+	}
+	check(t, a)
+	if err := a.Free(0, s1, 0x27000); err != nil {
+		t.Fatal(err)
+	}
+	check(t, a)
+	if err := a.Free(0, s0, 0x28000); err != nil { // the old superblock is whole again
+		t.Fatal(err)
+	}
+	check(t, a)
+	if st := a.Stats(); st.SuperblocksUsed != 1 || st.FreeListBytes != 0 || st.AllocatedBytes != 0 {
+		t.Fatalf("after freeing both: %+v", st)
+	}
+	if p, err := a.Alloc(0, 2*mib, 0); err != nil || p != s1 {
+		t.Fatalf("the current superblock is not whole again: alloc %#x, %v", p, err)
+	}
+}
+
 func TestStress(t *testing.T) {
 	for _, sb := range []uintptr{2 * mib, gib} {
 		rounds := 20000
