@@ -70,6 +70,9 @@ func closeFD(c int, cur int32, fd int) int64 {
 	}
 	kind := fds[fd].kind
 	fds[fd].ep = 0
+	if fd == svcEventFD {
+		svcEventFD = -1
+	}
 	if kind == fdEpoll {
 		for i := range fds {
 			if fds[i].ep == int32(fd)+1 {

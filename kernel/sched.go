@@ -338,7 +338,8 @@ func run(c int, i int32) {
 // doorbells (see below): the exit costs nobody a wait. With a doorbell
 // rung and no other vCPU busy, nothing can hand it work soon but a device
 // or a timer, so it halts at once and the halt delivers them: one exit
-// for the doorbells and the sleep.
+// for the doorbells and the sleep (a timer due sooner ends the halt as
+// it would have ended the spin).
 func idle(c int) {
 	pc := pcpu()
 	atomic.StoreUint64(&pc.halted, cpuSpinning)
@@ -449,6 +450,7 @@ func checkIRQs() {
 			futexWake(uintptr(unsafe.Pointer(&bi.IRQCount[i])), 1<<30)
 			if svcWaitIRQ == i+1 {
 				futexWake(uintptr(unsafe.Pointer(&svcShared.Seq)), 1)
+				svcSignal()
 			}
 		}
 	}

@@ -117,6 +117,7 @@ func svcSubmit(c int, cur int32) int64 {
 	atomic.StoreUint32(&sh.Tail, sh.Tail+1)
 	atomic.AddUint32(&sh.Seq, 1)
 	futexWake(uintptr(unsafe.Pointer(&sh.Seq)), 1)
+	svcSignal()
 	block(c, cur, wSvc, 0, 0)
 	return blocked
 }
@@ -322,6 +323,40 @@ func svcReady(id int, mask uint32) int64 {
 // SysSvcWait; checkIRQs wakes the waiter on the ring's sequence word.
 var svcWaitIRQ int
 
+// svcEventFD is the service's eventfd (SysSvcEvent), or -1.
+var svcEventFD = -1
+
+// svcEvent registers the service's eventfd and the device whose
+// interrupts signal it (SysSvcEvent).
+func svcEvent(fd, irq int) int64 {
+	klock.lock()
+	defer klock.unlock()
+	if !validFD(fd) || fds[fd].kind != fdEventfd {
+		return -_EBADF
+	}
+	svcEventFD = fd
+	if irq > 0 && irq <= boot.MaxDevices {
+		svcWaitIRQ = irq
+	}
+	return 0
+}
+
+// svcSignal adds one to the service's eventfd: a request was pushed or
+// its device interrupted. Only the step from zero is an edge for epoll;
+// more before the service reads it add nothing it needs. klock held.
+func svcSignal() {
+	fd := svcEventFD
+	if fd < 0 || fds[fd].kind != fdEventfd {
+		return
+	}
+	f := &fds[fd]
+	f.count++
+	if f.count == 1 {
+		f.gen++
+		wakeEpollFor(fd)
+	}
+}
+
 // svcWait parks the service's waiting thread until the ring moves past
 // seen or device irq-1 interrupts after irqSeen (SysSvcWait).
 func svcWait(c int, cur int32, seen uint32, irq int, irqSeen uint32) int64 {
@@ -465,6 +500,8 @@ func sockSyscall(c int, cur int32, t *thread, nr uint64, a0, a1, a2, a3, a4, a5 
 			return svcReady(int(a0), uint32(a1)), true
 		case boot.SysSvcInfo:
 			return int64(uintptr(unsafe.Pointer(&svcShared))), true
+		case boot.SysSvcEvent:
+			return svcEvent(int(a0), int(a1)), true
 		}
 	}
 	return 0, false

@@ -45,7 +45,7 @@ func (m *machine) attachNet(mem virtio.Memory) error {
 	for _, p := range m.cfg.Ports {
 		cfg.Forwards = append(cfg.Forwards, usernet.Forward{HostAddr: p.HostAddr, HostPort: p.HostPort, GuestPort: p.GuestPort})
 	}
-	n, err := usernet.New(cfg, dev.Receive)
+	n, err := usernet.New(cfg, dev.Deliver)
 	if err != nil {
 		return fmt.Errorf("vmm: %w", err)
 	}

@@ -38,6 +38,13 @@ const (
 	SysSvcDone  = 1001 // a0 = thread index, a1 = result: wake the caller
 	SysSvcReady = 1002 // a0 = socket id, a1 = epoll event mask now
 	SysSvcInfo  = 1003 // → address of the SvcShared block
+	// SysSvcEvent names an eventfd (a0) that the kernel signals whenever
+	// SysSvcWait would end: a request is pushed, or device a1-1 (if a1 >
+	// 0) interrupts. The service then waits in its runtime's netpoller
+	// (epoll), which the Go runtime treats as idle: its timers keep
+	// running and sysmon sleeps, instead of polling a thread that is
+	// blocked in a system call.
+	SysSvcEvent = 1004
 )
 
 // Operations in SvcSlot.Op. Arguments are the system call's, with the

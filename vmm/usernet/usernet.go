@@ -88,7 +88,7 @@ type Network struct {
 	cfg     Config
 	s       *stack.Stack
 	ep      *channel.Endpoint
-	toGuest func([]byte) bool
+	toGuest func(frame []byte, urgent bool) bool
 	outMu   sync.Mutex // serialises deliveries to the guest (in order)
 	out     []byte     // outMu
 	guest   tcpip.Address
@@ -109,9 +109,10 @@ const nicID = 1
 
 // New builds the stack and opens the host listeners of the forwards (so
 // that a port in use fails the boot, not the first connection). Frames
-// for the guest go to toGuest, which must not block and must copy the
+// for the guest go to toGuest, urgent unless the frame is a bare TCP
+// acknowledgement (see pureACK); toGuest must not block and must copy the
 // frame if it keeps it.
-func New(cfg Config, toGuest func(frame []byte) bool) (*Network, error) {
+func New(cfg Config, toGuest func(frame []byte, urgent bool) bool) (*Network, error) {
 	if cfg.MTU == 0 {
 		cfg.MTU = boot.NetMTU
 	}
@@ -211,7 +212,7 @@ func (n *Network) WriteNotify() {
 		}
 		pkt.DecRef()
 		n.framesOut.Add(1)
-		n.toGuest(n.out)
+		n.toGuest(n.out, !pureACK(n.out))
 	}
 }
 
@@ -357,4 +358,28 @@ func (n *Network) Close() error {
 	n.s.Close()
 	n.s.Wait()
 	return nil
+}
+
+// pureACK reports whether frame is an IPv4 TCP segment that only
+// acknowledges: no payload and no flag but ACK. The guest needs those
+// eventually (they free its retransmit queue and open its window) but not
+// at once, so they need not wake it: the device may hold the interrupt
+// for them (netdev.Device.Deliver).
+func pureACK(frame []byte) bool {
+	const eth = 14
+	if len(frame) < eth+20+20 || frame[12] != 0x08 || frame[13] != 0x00 {
+		return false
+	}
+	ip := frame[eth:]
+	ihl := int(ip[0]&0x0f) * 4
+	if ip[0]>>4 != 4 || ihl < 20 || ip[9] != 6 || len(ip) < ihl+20 {
+		return false
+	}
+	if ip[6]&0x3f != 0 || ip[7] != 0 {
+		return false // a fragment
+	}
+	total := int(ip[2])<<8 | int(ip[3])
+	tcp := ip[ihl:]
+	doff := int(tcp[12]>>4) * 4
+	return total == ihl+doff && tcp[13] == 0x10
 }

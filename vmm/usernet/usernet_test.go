@@ -60,7 +60,7 @@ func newGuest(t *testing.T, cfg usernet.Config) *guest {
 		t.Fatal(err)
 	}
 	g.dev = dev
-	g.net, err = usernet.New(cfg, dev.Receive)
+	g.net, err = usernet.New(cfg, dev.Deliver)
 	if err != nil {
 		t.Fatal(err)
 	}

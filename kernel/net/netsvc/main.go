@@ -69,11 +69,20 @@ func main() {
 // serve takes requests off the ring in order and frames off eth0. Calls
 // that cannot block run here, one after another; a call on a blocking
 // socket gets a goroutine. When there is nothing to do, the stack's own
-// goroutines get the processor first (with one P they would otherwise
-// wait until sysmon retakes it from a thread blocked in a system call, 20
-// µs to 10 ms), then this thread waits in the kernel for the next request
-// or the next received frame, whichever comes first.
+// goroutines get the processor first, then this goroutine waits in the
+// runtime's netpoller on an eventfd that the kernel signals for the next
+// request or the next received frame (SysSvcEvent). Waiting there, and
+// not in a blocking system call, leaves the runtime idle as far as it can
+// tell: timers fire from the poller's timeout, and sysmon sleeps instead
+// of retaking the processor from a blocked thread every 20 µs (each a
+// few guest context switches and a timer). The system calls on this
+// path are raw, so they do not wake sysmon either.
 func serve(sh *boot.SvcShared, svc *knet.Service) {
+	ev, err := newEvent()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "netsvc: %v\n", err)
+		os.Exit(2)
+	}
 	for {
 		seq := atomic.LoadUint32(&sh.Seq)
 		for head := atomic.LoadUint32(&sh.Head); head != atomic.LoadUint32(&sh.Tail); head++ {
@@ -94,16 +103,51 @@ func serve(sh *boot.SvcShared, svc *knet.Service) {
 			continue
 		}
 		if eth0 == nil {
-			syscall.Syscall(boot.SysSvcWait, uintptr(seq), 0, 0)
+			ev.wait()
 			continue
 		}
 		eth0.dev.ArmReceive()
-		seen := eth0.irq.Count()
 		if !eth0.dev.Pending() {
-			syscall.Syscall(boot.SysSvcWait, uintptr(seq), uintptr(eth0.idx)+1, uintptr(seen))
+			ev.wait()
 		}
 		eth0.dev.DisarmReceive()
 	}
+}
+
+// event is the service's eventfd in the runtime's poller.
+type event struct {
+	rc  syscall.RawConn
+	buf [8]byte
+}
+
+func newEvent() (*event, error) {
+	const efdNonblock, efdCloexec = 0x800, 0x80000
+	fd, _, errno := syscall.RawSyscall(syscall.SYS_EVENTFD2, 0, efdNonblock|efdCloexec, 0)
+	if errno != 0 {
+		return nil, fmt.Errorf("eventfd: %v", errno)
+	}
+	irq := uintptr(0)
+	if eth0 != nil {
+		irq = uintptr(eth0.idx) + 1
+	}
+	if _, _, errno := syscall.RawSyscall(boot.SysSvcEvent, fd, irq, 0); errno != 0 {
+		return nil, fmt.Errorf("SysSvcEvent: %v", errno)
+	}
+	rc, err := os.NewFile(fd, "svc-event").SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	return &event{rc: rc}, nil
+}
+
+// wait returns once the eventfd was signalled since the last wait (at
+// once if it already was), parking the goroutine in the poller until
+// then.
+func (e *event) wait() {
+	e.rc.Read(func(fd uintptr) bool {
+		_, _, errno := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&e.buf[0])), 8)
+		return errno != syscall.EAGAIN
+	})
 }
 
 // complete runs one request and wakes its caller. The kernel checked the

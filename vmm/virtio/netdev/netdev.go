@@ -20,7 +20,12 @@
 //     caller's goroutine, and raises the interrupt. Only when the driver
 //     has posted no buffer is a copy queued for the receive goroutine,
 //     which then asks for a notification and delivers the backlog when
-//     buffers come.
+//     buffers come;
+//   - frames the guest needs but not at once (bare TCP acknowledgements,
+//     Deliver with urgent false) do not raise the interrupt themselves: it
+//     comes with the next urgent frame or LazyDelay later. Waking a
+//     halted vCPU costs the host a thread wake-up and a VM entry, and the
+//     guest's network service picks such frames up whenever it runs.
 //
 // Invariants:
 //   - each queue's consumer state is guarded by its mutex (rxMu, txMu);
@@ -42,6 +47,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/cumulusdb/cumulus/vmm/virtio"
 )
@@ -57,6 +63,9 @@ const (
 	HeaderSize = 12 // virtio_net_hdr_v1
 	QueueSize  = 256
 	RxBacklog  = 1024
+	// LazyDelay bounds how long a frame delivered without urgency waits
+	// for its interrupt.
+	LazyDelay = time.Millisecond
 	// MaxFrame bounds the frames the device accepts from the guest (no
 	// GSO: an Ethernet frame of a 64 KiB IP packet at most).
 	MaxFrame = 65535 + 14
@@ -89,6 +98,8 @@ type Device struct {
 	rxPushed bool     // chains pushed since the last interrupt decision
 	backlog  [][]byte // frames waiting for buffers, oldest first
 	rxWake   chan struct{}
+	lazy     *time.Timer // raises the interrupt held for lazy frames
+	lazyOn   bool        // lazy is armed
 
 	txMu  sync.Mutex
 	txq   *virtio.Queue // nil while stopped
@@ -136,7 +147,11 @@ var rxHeader = func() (h [HeaderSize]byte) {
 // when there is one (and nothing older waits), else queued as a copy. It
 // never blocks: with the backlog full, or the device not started, the
 // frame is dropped and Receive returns false.
-func (d *Device) Receive(frame []byte) bool {
+func (d *Device) Receive(frame []byte) bool { return d.Deliver(frame, true) }
+
+// Deliver is Receive, and without urgent, the interrupt for the frame
+// may wait up to LazyDelay for a more urgent one.
+func (d *Device) Deliver(frame []byte, urgent bool) bool {
 	d.rxMu.Lock()
 	if d.rxq == nil {
 		d.rxMu.Unlock()
@@ -144,7 +159,16 @@ func (d *Device) Receive(frame []byte) bool {
 		return false
 	}
 	if len(d.backlog) == 0 && d.deliverLocked(frame) {
-		d.flushRxLocked()
+		if urgent {
+			d.flushRxLocked()
+		} else if d.rxPushed && !d.lazyOn {
+			d.lazyOn = true
+			if d.lazy == nil {
+				d.lazy = time.AfterFunc(LazyDelay, d.lazyFlush)
+			} else {
+				d.lazy.Reset(LazyDelay)
+			}
+		}
 		d.rxMu.Unlock()
 		return true
 	}
@@ -197,6 +221,16 @@ func (d *Device) deliverLocked(frame []byte) bool {
 	d.rxFrames.Add(1)
 	d.rxBytes.Add(uint64(len(frame)))
 	return true
+}
+
+// lazyFlush raises the interrupt held for lazy frames.
+func (d *Device) lazyFlush() {
+	d.rxMu.Lock()
+	d.lazyOn = false
+	if d.rxq != nil {
+		d.flushRxLocked()
+	}
+	d.rxMu.Unlock()
 }
 
 // flushRxLocked raises the receive interrupt for what was pushed, if the
@@ -255,6 +289,10 @@ func (d *Device) Stop() {
 	d.stop = nil
 	d.rxMu.Lock()
 	d.rxq, d.rxHave, d.backlog = nil, false, nil
+	if d.lazy != nil {
+		d.lazy.Stop()
+	}
+	d.lazyOn = false
 	d.rxMu.Unlock()
 	d.txMu.Lock()
 	d.txq = nil
@@ -331,14 +369,18 @@ func (d *Device) receive(q *virtio.Queue, stop <-chan struct{}) {
 	defer d.wg.Done()
 	for {
 		d.rxMu.Lock()
+		delivered := false
 		for len(d.backlog) > 0 && d.deliverLocked(d.backlog[0]) {
 			d.backlog[0] = nil
 			d.backlog = d.backlog[1:]
+			delivered = true
 		}
 		if len(d.backlog) == 0 {
 			d.backlog = nil
 		}
-		d.flushRxLocked()
+		if delivered {
+			d.flushRxLocked()
+		}
 		waiting := len(d.backlog) > 0
 		q.SetNotify(waiting)
 		again := waiting && q.Pending() // posted before the driver saw the request

@@ -121,3 +121,71 @@ func TestReceive(t *testing.T) {
 		d.Receive(frame)
 	}
 }
+
+// A transmit notification is served before it returns (on the notifying
+// thread): the frame has reached the backend and the chain is used.
+func TestTransmitInline(t *testing.T) {
+	_, drv, _, s, _ := setup(t)
+	tx := drv.Q[1]
+	a := drv.Alloc(2048, 16)
+	for i := range 3 {
+		old := tx.AvailIdx()
+		if _, err := tx.Add(virtiotest.Buf{Addr: a, Len: 12 + 60}); err != nil {
+			t.Fatal(err)
+		}
+		if !tx.NeedKick(old) {
+			t.Fatalf("frame %d: the device does not ask to be notified", i)
+		}
+		tx.Kick()
+		s.mu.Lock()
+		n := len(s.frames)
+		s.mu.Unlock()
+		if n != i+1 || len(tx.Poll()) != 1 {
+			t.Fatalf("frame %d: %d frames sent, not completed by the notification", i, n)
+		}
+	}
+}
+
+// Deliver without urgency leaves the interrupt for a while; an urgent
+// frame raises it at once.
+func TestDeliverLazy(t *testing.T) {
+	mac := net.HardwareAddr{2, 0, 0, 0, 0, 1}
+	d, err := netdev.New(mac, 1500, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mem := virtio.NewMemory(make([]byte, 1<<20))
+	irq := make(chan time.Time, 16)
+	tr := virtio.NewTransport(d, mem, func() { irq <- time.Now() }, nil)
+	t.Cleanup(func() { tr.Close() })
+	drv := virtiotest.New(tr, mem, 0x1000)
+	if err := drv.Init(virtio.FVersion1|virtio.FRingEventIdx|netdev.FMAC, 8); err != nil {
+		t.Fatal(err)
+	}
+	rx := drv.Q[0]
+	for range 4 {
+		rx.Add(virtiotest.Buf{Addr: drv.Alloc(2048, 16), Len: 2048, Write: true})
+	}
+	rx.Kick()
+	time.Sleep(time.Millisecond) // the device has seen the buffers
+	frame := bytes.Repeat([]byte{1}, 60)
+	rx.Poll() // asks for an interrupt at the next completion (as every Poll does)
+	for _, urgent := range []bool{false, true} {
+		start := time.Now()
+		d.Deliver(frame, urgent)
+		if !urgent && len(irq) != 0 {
+			t.Fatal("lazy frame raised its interrupt at once")
+		}
+		select {
+		case at := <-irq:
+			if waited := at.Sub(start); urgent && waited > netdev.LazyDelay/2 {
+				t.Errorf("urgent frame's interrupt after %v", waited)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("urgent %v: no interrupt", urgent)
+		}
+		if len(rx.Poll()) != 1 {
+			t.Fatal("frame not delivered")
+		}
+	}
+}
