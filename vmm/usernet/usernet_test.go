@@ -89,7 +89,11 @@ func newGuest(t *testing.T, cfg usernet.Config) *guest {
 		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol, arp.NewProtocol},
 		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol},
 	})
-	g.ep = channel.New(256, boot.NetMTU+14, tcpip.LinkAddress(mac))
+	// The test's guest stack queues its frames for the transmit goroutine
+	// below; a queue that overflows drops them (TCP recovers, but under a
+	// loaded machine the retransmission back-off outlasted the echo
+	// test's 30 s deadline), so it is larger than anything in flight.
+	g.ep = channel.New(4096, boot.NetMTU+14, tcpip.LinkAddress(mac))
 	if e := g.s.CreateNIC(1, ethernet.New(g.ep)); e != nil {
 		t.Fatal(e)
 	}
