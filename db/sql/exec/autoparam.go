@@ -1,6 +1,7 @@
 package exec
 
 import (
+	"strconv"
 	"strings"
 
 	"github.com/cumulusdb/cumulus/db/sql/datum"
@@ -65,20 +66,10 @@ func shape(sql string) (masked string, consts []constant, ok bool) {
 	identChar := func(c byte) bool {
 		return c == '_' || c == '$' || c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= 0x80
 	}
+	var num [20]byte
 	param := func() {
 		b.WriteByte('$')
-		n := len(consts)
-		var d [8]byte
-		i := len(d)
-		for {
-			i--
-			d[i] = byte('0' + n%10)
-			n /= 10
-			if n == 0 {
-				break
-			}
-		}
-		b.Write(d[i:])
+		b.Write(strconv.AppendInt(num[:0], int64(len(consts)), 10))
 	}
 	for i := 0; i < len(sql); {
 		c := sql[i]
