@@ -394,7 +394,7 @@ func (m *machine) setup(img *Image) error {
 		ImageEnd: imageEnd, MainStackTop: l.mainStack + boot.MainStackSize,
 		TSCMult:    (1_000_000 << 32) / max(tscKHz, 1),
 		KCallEntry: m.kern.byName[boot.SymKCallEntry].Value,
-		Flags:      reclaimFlag(!m.cfg.KeepFrames) | boot.FlagDoorbell,
+		Flags:      reclaimFlag(!m.cfg.KeepFrames) | boot.FlagDoorbell | shadowPTFlag(),
 	}
 	if svcFile != nil {
 		biv.SvcEntry, biv.SvcStack = svcFile.Entry, svcRSP
@@ -1107,6 +1107,17 @@ func (m *machine) symbolize(pc uint64) string {
 		return "?"
 	}
 	return s
+}
+
+// shadowPTFlag is boot.FlagShadowPT where /dev/kvm is PVM, whose shadow
+// MMU write-protects the guest's page directories and applies each write
+// to them on every vCPU (zapping the shadow entries and flushing remote
+// TLBs before the write completes).
+func shadowPTFlag() uint64 {
+	if _, err := os.Stat("/sys/module/kvm_pvm"); err == nil {
+		return boot.FlagShadowPT
+	}
+	return 0
 }
 
 func reclaimFlag(on bool) uint64 {

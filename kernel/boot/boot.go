@@ -202,6 +202,12 @@ type Device struct {
 const (
 	FlagReclaim  = 1 << 0 // munmap/MADV_DONTNEED return frames (TLB shootdowns)
 	FlagDoorbell = 1 << 1 // the monitor serves HCNotify and the doorbells
+	// FlagShadowPT: the hypervisor runs shadow page tables (PVM): a write
+	// to a live page-table entry above the 4 KiB level (a page directory
+	// or higher; KVM never leaves those writable to the guest) is trapped
+	// and reaches every vCPU's TLB before the writing instruction
+	// completes, so it needs no shootdown of its own.
+	FlagShadowPT = 1 << 2
 )
 
 // Offset of BootInfo.KCallEntry, read by kapi/unikernel's assembly.

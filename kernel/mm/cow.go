@@ -41,7 +41,8 @@ package mm
 //   - Drop(va, n) removes the mappings of a range, dropping references;
 //     frames and tables whose last reference goes are freed after the next
 //     TLB flush (the caller's Flush), since stale translations may still
-//     reach them until then.
+//     reach them until then (with Coherent, the entry writes themselves
+//     removed those translations).
 //
 // Invariant: a target reachable from the root through entries that all
 // have W set has no other reference (its extra count is 0).
@@ -68,16 +69,19 @@ var (
 )
 
 const (
-	refsPerBlock = 1 << 18 // uint32 counts per block: one block covers 1 GiB of frames
-	refBlockOrd  = 8       // 1 MiB
-	maxRefBlocks = 256
+	// One 4 KiB page of uint32 counts covers 4 MiB of frames: the first
+	// snapshot touching a part of RAM pays one page (~10 µs), not a 1 MiB
+	// block (0.3-9 ms under PVM, most of a 4 GiB snapshot's creation).
+	refsPerBlock = PageSize / 4
+	refBlockOrd  = 0
+	maxRefBlocks = 256 << 30 / (refsPerBlock * PageSize) // 256 GiB of frames: a 512 KiB table
 )
 
 // Refs counts the extra references to frames, one uint32 per 4 KiB frame
 // number of Frames (a 2 MiB frame is counted at its first 4 KiB frame).
 // The stored value is the number of references beyond the first: a frame
 // never shared needs no entry, and 0 means "sole owner". Blocks of counts
-// (1 MiB per GiB of frames) are taken from Frames on first use.
+// (a 4 KiB frame per 4 MiB of frames) are taken from Frames on first use.
 type Refs struct {
 	F      *Frames
 	blocks [maxRefBlocks]uintptr // physical address of each block; 0: all counts 0
@@ -143,14 +147,15 @@ func (r *Refs) Dec(pa uintptr) (last bool) {
 
 // CoWStats counts what the copy-on-write code did.
 type CoWStats struct {
-	Shares      uint64 // entries shared (each covering 2 MiB or 1 GiB on each side)
-	LiveWrites  uint64 // entries written in live tables (each traps into a shadow MMU)
-	TableCopies uint64 // page tables copied on a write (each 512 entries into a fresh frame)
-	PageCopies  uint64 // data pages copied on a write
-	CopyBytes   uint64 // bytes of data copied
-	PageReuses  uint64 // write-protected pages made writable in place (no sharer left)
-	Flushes     uint64 // TLB flushes requested
-	FramesFreed uint64 // frames (tables and data, 4 KiB units) freed after a flush
+	Shares        uint64 // entries shared (each covering 2 MiB or 1 GiB on each side)
+	LiveWrites    uint64 // entries written in live tables (each traps into a shadow MMU)
+	TableCopies   uint64 // page tables copied on a write (each 512 entries into a fresh frame)
+	TableRebuilds uint64 // page tables rebuilt in a fresh frame instead of many entries written in place (Restore)
+	PageCopies    uint64 // data pages copied on a write
+	CopyBytes     uint64 // bytes of data copied
+	PageReuses    uint64 // write-protected pages made writable in place (no sharer left)
+	Flushes       uint64 // TLB flushes requested
+	FramesFreed   uint64 // frames (tables and data, 4 KiB units) freed after a flush
 }
 
 // SnapCounters is what the kernel reports about snapshots (kernel call
@@ -181,10 +186,20 @@ type CoW struct {
 	PT    *PageTable
 	Refs  Refs
 	Flush func() // flushes every CPU's TLB (kernel: the HCFlush privop)
-	Stats CoWStats
+	// Coherent: every write this code makes to a live table above the
+	// 4 KiB level reaches every CPU's TLB by itself (a shadow-paging
+	// hypervisor traps it: boot.FlagShadowPT), so FlushAndFree frees
+	// without flushing. The writes whose translations must go before a
+	// free are at that level: Share and Drop write 2 MiB or 1 GiB
+	// entries, and a table is replaced through its parent entry.
+	Coherent bool
+	Stats    CoWStats
 
 	pending  [pendingMax]pendingFree
 	npending int
+	retired  [retiredMax]uintptr // tables Restore replaced, freed when it ends
+	nretired int
+	freeGen  uint64 // counts FlushAndFree calls that freed frames (Break)
 }
 
 // Init binds c to pt.
@@ -375,20 +390,148 @@ func (c *CoW) copyPage(t *[512]uint64, i uintptr, level uint) error {
 		c.Stats.PageReuses++
 		return nil
 	}
-	order, size := 0, uintptr(PageSize)
-	if level == 1 {
-		order, size = 9, HugeSize
-	}
+	order := pageOrder(level)
 	pa, err := c.PT.Frames.Get(order, false)
 	if err != nil {
 		return err
 	}
-	copy(unsafe.Slice((*byte)(c.PT.ptr(pa)), size), unsafe.Slice((*byte)(c.PT.ptr(old)), size))
+	c.copyFrame(pa, old, order)
+	c.install(t, i, level, pa)
+	return nil
+}
+
+func pageOrder(level uint) int {
+	if level == 1 {
+		return 9
+	}
+	return 0
+}
+
+func (c *CoW) copyFrame(dst, src uintptr, order int) {
+	size := uintptr(PageSize) << order
+	copy(unsafe.Slice((*byte)(c.PT.ptr(dst)), size), unsafe.Slice((*byte)(c.PT.ptr(src)), size))
+}
+
+// install points the write-protected leaf t[i] (at level), whose frame is
+// still shared, at pa, a copy of it, writable.
+func (c *CoW) install(t *[512]uint64, i uintptr, level uint, pa uintptr) {
+	e := t[i]
+	old := uintptr(e & PTEAddr)
 	c.set(t, i, uint64(pa)|e&^PTEAddr|PTEWrite)
 	c.Refs.Dec(old) // not the last: Extra was > 0
 	c.Stats.PageCopies++
-	c.Stats.CopyBytes += uint64(size)
+	c.Stats.CopyBytes += uint64(PageSize) << pageOrder(level)
+	if level == 0 && c.Flush != nil {
+		// A 4 KiB entry now points elsewhere, and a shadow MMU may let
+		// the kernel write a 4 KiB table without trapping (KVM leaves
+		// last-level tables "unsync" until the guest flushes): another
+		// CPU could keep reading the old frame through a stale
+		// translation. Entries above that level are always trapped.
+		c.Flush()
+		c.Stats.Flushes++
+	}
+}
+
+// Break is a copy-on-write break in three steps, so that the slow part,
+// the page copy, runs without the caller's memory lock (a 2 MiB copy into
+// frames the hypervisor has not backed yet costs ~10 ms under PVM, almost
+// all of it first touches): BeginBreak (lock held) copies the tables on
+// the path and says whether the page needs a copy; CopyBreak (no lock)
+// makes it; FinishBreak (lock held) installs it if va still maps the
+// frame it was copied from, write-protected and shared, and gives it back
+// otherwise. The frame copied from cannot change meanwhile: it is shared,
+// so every mapping of it is write-protected, and it stays shared (and
+// mapped here) unless va's entry changes, which FinishBreak sees. It can
+// only be freed after va stops mapping it; freeGen catches a free and a
+// reuse of the same frame at va in between.
+type Break struct {
+	VA      uintptr
+	Old     uintptr // frame to copy from
+	New     uintptr // the copy (CopyBreak)
+	Order   int
+	freeGen uint64
+}
+
+// BeginBreak does BreakWrite's work up to the page copy. It reports
+// mapped=false when va is not mapped, and copy=true when the page must be
+// copied: b then says from where.
+func (c *CoW) BeginBreak(va uintptr, b *Break) (mapped, copy bool, err error) {
+	t := c.PT.table(c.PT.Root)
+	for level := uint(3); ; level-- {
+		i := idx(va, level)
+		e := t[i]
+		if e&PTEPresent == 0 {
+			return false, false, nil
+		}
+		if level == 0 || (level == 1 && e&PTEHuge != 0) {
+			old := uintptr(e & PTEAddr)
+			if e&PTEWrite != 0 {
+				return true, false, nil
+			}
+			if c.Refs.Extra(old) == 0 {
+				return true, false, c.copyPage(t, i, level) // writable in place
+			}
+			*b = Break{VA: va, Old: old, Order: pageOrder(level), freeGen: c.freeGen}
+			return true, true, nil
+		}
+		if e&PTEWrite == 0 {
+			if err := c.copyTable(t, i); err != nil {
+				return false, false, err
+			}
+		}
+		t = c.PT.table(uintptr(t[i] & PTEAddr))
+	}
+}
+
+// CopyBreak takes a frame and copies b.Old into it. The caller's lock is
+// not needed (the frame allocator is lock-free).
+func (c *CoW) CopyBreak(b *Break) error {
+	pa, err := c.PT.Frames.Get(b.Order, false)
+	if err != nil {
+		return err
+	}
+	c.copyFrame(pa, b.Old, b.Order)
+	b.New = pa
 	return nil
+}
+
+// FinishBreak installs b's copy at b.VA, or gives it back where another
+// CPU broke the page meanwhile, the page is no longer shared (it becomes
+// writable in place), or the mapping changed (then the page is broken
+// again here, under the lock). It reports false when b.VA is no longer
+// mapped.
+func (c *CoW) FinishBreak(b *Break) (bool, error) {
+	t := c.PT.table(c.PT.Root)
+	for level := uint(3); ; level-- {
+		i := idx(b.VA, level)
+		e := t[i]
+		if e&PTEPresent == 0 {
+			c.PT.Frames.Put(b.New, b.Order)
+			return false, nil
+		}
+		if level == 0 || (level == 1 && e&PTEHuge != 0) {
+			switch {
+			case e&PTEWrite != 0:
+				c.PT.Frames.Put(b.New, b.Order)
+			case uintptr(e&PTEAddr) != b.Old || pageOrder(level) != b.Order || c.freeGen != b.freeGen ||
+				c.Refs.Extra(b.Old) == 0:
+				c.PT.Frames.Put(b.New, b.Order)
+				return true, c.copyPage(t, i, level)
+			default:
+				c.install(t, i, level, b.New)
+			}
+			return true, nil
+		}
+		if e&PTEWrite == 0 {
+			// Shared again meanwhile (a new snapshot): the copy is still
+			// of the right contents, the tables are copied as usual.
+			if err := c.copyTable(t, i); err != nil {
+				c.PT.Frames.Put(b.New, b.Order)
+				return false, err
+			}
+		}
+		t = c.PT.table(uintptr(t[i] & PTEAddr))
+	}
 }
 
 // Writable reports whether a write to va would succeed: present, W set on
@@ -478,11 +621,15 @@ func (c *CoW) deferFree(pa uintptr, order int) {
 }
 
 // FlushAndFree flushes every CPU's TLB and frees what was waiting for it.
+// Coherent, it only frees.
 func (c *CoW) FlushAndFree() {
-	if c.Flush != nil {
+	if c.Flush != nil && !c.Coherent {
 		c.Flush()
+		c.Stats.Flushes++
 	}
-	c.Stats.Flushes++
+	if c.npending > 0 {
+		c.freeGen++
+	}
 	for _, p := range c.pending[:c.npending] {
 		if c.PT.Frames.Put(p.pa, p.order) == nil {
 			c.Stats.FramesFreed += 1 << p.order
@@ -500,15 +647,35 @@ func (c *CoW) Pending() int { return c.npending }
 // A table that gets W back is first made safe as a whole: W is cleared in
 // any of its entries whose target is still shared (a table reached only
 // through W=0 may have W set towards children it shares with a copy). No
-// TLB flush is needed: permissions only go up where they change for this
-// range's owner.
+// TLB flush is needed for the permissions: they only go up where they
+// change for this range's owner. A table in which many entries change is
+// rebuilt instead (see rebuildMin); the old ones wait for the caller's
+// FlushAndFree.
 func (c *CoW) Restore(va, n uintptr) error {
 	if (va|n)&(HugeSize-1) != 0 || va+n < va {
 		return ErrCoWAlign
 	}
 	c.restore(c.PT.table(c.PT.Root), 3, va, va+n)
+	// Only now is no live table pointing at a replaced one: a replaced
+	// child stays reachable through its old parent until that parent's
+	// own replacement is written.
+	for _, old := range c.retired[:c.nretired] {
+		c.deferFree(old, 0)
+	}
+	c.nretired = 0
 	return nil
 }
+
+// rebuildMin: a table in which more entries than this change is rebuilt
+// in a fresh frame (not live: its writes cost nothing) and swapped in by
+// one write of its parent entry, instead of being edited in place, where
+// each entry written is trapped by a shadow MMU (~60 µs under PVM).
+// Restoring a 4 GiB source after its last snapshot went from ~2,000
+// trapped writes to 4.
+const (
+	rebuildMin = 8
+	retiredMax = 64 // tables replaced in one Restore; beyond, edit in place
+)
 
 // restore handles the entries of the write-reachable table t in [s, end).
 func (c *CoW) restore(t *[512]uint64, level uint, s, end uintptr) {
@@ -523,39 +690,100 @@ func (c *CoW) restore(t *[512]uint64, level uint, s, end uintptr) {
 			continue
 		}
 		leaf := level == 0 || e&PTEHuge != 0
+		nx := e | PTEWrite
 		switch {
 		case leaf:
-		case e&PTEWrite != 0:
+		case e&PTEWrite != 0 && step != sz:
+			// Reached through W=1 already: only the part in range.
 			c.restore(c.PT.table(uintptr(e&PTEAddr)), level-1, lo, lo+step)
 		default:
-			c.makeSafe(c.PT.table(uintptr(e&PTEAddr)), level-1)
+			// The whole table below is made safe (for a table reached
+			// through W=1 that is the same as restoring it).
+			nx = c.safeChild(e, level)
 		}
-		if e&PTEWrite == 0 {
-			c.set(t, i, e|PTEWrite)
+		if nx != e {
+			c.set(t, i, nx)
 		}
 	}
 }
 
-// makeSafe edits the whole table t so that it may be reached through W=1
-// entries: shared targets get W clear, exclusive ones W set.
+// safeChild returns entry e (at level, its target exclusive) with W set,
+// after making the table it points at, if any, safe to reach through W=1
+// entries: in place, or as a rebuilt copy that the returned entry points
+// at (the old table is then on c.retired).
+func (c *CoW) safeChild(e uint64, level uint) uint64 {
+	if level > 0 && e&PTEHuge == 0 {
+		old := uintptr(e & PTEAddr)
+		ct := c.PT.table(old)
+		if c.safeChanges(ct) > rebuildMin {
+			if pa, ok := c.buildSafe(old, level-1); ok {
+				return uint64(pa) | e&^PTEAddr | PTEWrite
+			}
+		}
+		c.makeSafe(ct, level-1)
+	}
+	return e | PTEWrite
+}
+
+// safeChanges counts the entries of t whose W bit is not yet what reach
+// through W=1 needs (clear towards shared targets, set towards exclusive
+// ones).
+func (c *CoW) safeChanges(t *[512]uint64) int {
+	n := 0
+	for _, e := range t {
+		if e&PTEPresent != 0 && (c.Refs.Extra(uintptr(e&PTEAddr)) != 0) == (e&PTEWrite != 0) {
+			n++
+		}
+	}
+	return n
+}
+
+// makeSafe edits the whole table t (its entries at level) so that it may
+// be reached through W=1 entries: shared targets get W clear, exclusive
+// ones W set.
 func (c *CoW) makeSafe(t *[512]uint64, level uint) {
 	for i := range t {
 		e := t[i]
 		if e&PTEPresent == 0 {
 			continue
 		}
-		pa := uintptr(e & PTEAddr)
-		if c.Refs.Extra(pa) != 0 {
-			if e&PTEWrite != 0 {
-				c.set(t, uintptr(i), e&^PTEWrite)
-			}
-			continue
+		nx := e &^ PTEWrite
+		if c.Refs.Extra(uintptr(e&PTEAddr)) == 0 {
+			nx = c.safeChild(e, level)
 		}
-		if level > 0 && e&PTEHuge == 0 {
-			c.makeSafe(c.PT.table(pa), level-1)
-		}
-		if e&PTEWrite == 0 {
-			c.set(t, uintptr(i), e|PTEWrite)
+		if nx != e {
+			c.set(t, uintptr(i), nx)
 		}
 	}
+}
+
+// buildSafe returns a fresh copy of the exclusive table at old (its
+// entries at level) made safe as makeSafe would, without a live write.
+// The references old held pass to the copy, and old goes on c.retired.
+// It reports false, having changed nothing, when no frame or retired slot
+// is left.
+func (c *CoW) buildSafe(old uintptr, level uint) (uintptr, bool) {
+	if c.nretired == retiredMax {
+		return 0, false
+	}
+	pa, err := c.PT.Frames.Get(0, false)
+	if err != nil {
+		return 0, false
+	}
+	c.retired[c.nretired] = old
+	c.nretired++
+	ot, nt := c.PT.table(old), c.PT.table(pa)
+	for j := range ot {
+		x := ot[j]
+		if x&PTEPresent != 0 {
+			if c.Refs.Extra(uintptr(x&PTEAddr)) != 0 {
+				x &^= PTEWrite
+			} else {
+				x = c.safeChild(x, level)
+			}
+		}
+		nt[j] = x
+	}
+	c.Stats.TableRebuilds++
+	return pa, true
 }

@@ -247,12 +247,23 @@ func TestCoWWholeGiB(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.c.FlushAndFree()
+	before = e.c.Stats.LiveWrites
 	if err := e.c.Restore(src, 1<<30); err != nil {
 		t.Fatal(err)
+	}
+	// 511 of the page directory's entries get W back: rebuilt in a fresh
+	// table and swapped in by one write, not 511 live writes.
+	if w := e.c.Stats.LiveWrites - before; w != 1 || e.c.Stats.TableRebuilds != 1 {
+		t.Fatalf("restoring 1 GiB wrote %d live entries, rebuilt %d tables", w, e.c.Stats.TableRebuilds)
 	}
 	if !e.c.Writable(src) || !e.c.Writable(src+HugeSize*300) {
 		t.Fatal("not writable after Restore")
 	}
+	if e.read(src+5) != 1 || e.read(src+HugeSize*7+8) != 3 {
+		t.Fatal("contents changed by Restore")
+	}
+	e.check()
+	e.c.FlushAndFree()
 	e.check()
 }
 
@@ -272,4 +283,98 @@ func TestCoWErrors(t *testing.T) {
 		t.Fatal("break on unmapped memory reported success")
 	}
 	e.check()
+}
+
+// TestCoWBreakSplit: a break whose copy is made without the lock
+// (BeginBreak, CopyBreak, FinishBreak) with something else happening to
+// the page in between; contents and reference counts stay right.
+func TestCoWBreakSplit(t *testing.T) {
+	e := newCoWEnv(t, 96<<20)
+	const src, n = 0xc000000000, 12 << 20
+	if err := e.pt.Populate(src, n); err != nil {
+		t.Fatal(err)
+	}
+	for off := uintptr(0); off < n; off += HugeSize {
+		e.write(src+off, uint64(off)+1)
+	}
+	dst := uintptr(0xd000000000)
+	share := func() {
+		t.Helper()
+		if err := e.c.Share(src, dst, n); err != nil {
+			t.Fatal(err)
+		}
+		e.c.FlushAndFree()
+	}
+	drop := func() {
+		t.Helper()
+		if err := e.c.Drop(dst, n); err != nil {
+			t.Fatal(err)
+		}
+		e.c.FlushAndFree()
+	}
+	split := func(va uintptr, between func()) {
+		t.Helper()
+		var b Break
+		mapped, cp, err := e.c.BeginBreak(va, &b)
+		if !mapped || err != nil {
+			t.Fatalf("begin at %#x: %v %v", va, mapped, err)
+		}
+		if cp {
+			if err := e.c.CopyBreak(&b); err != nil {
+				t.Fatal(err)
+			}
+		}
+		between()
+		if cp {
+			if ok, err := e.c.FinishBreak(&b); !ok || err != nil {
+				t.Fatalf("finish at %#x: %v %v", va, ok, err)
+			}
+		}
+		if !e.c.Writable(va) {
+			t.Fatalf("%#x not writable after the break", va)
+		}
+		e.check()
+	}
+	share()
+	// Nothing in between: the copy is installed.
+	split(src, func() {})
+	// Another CPU breaks the same page first: the copy goes back.
+	split(src+HugeSize, func() { e.write(src+HugeSize+8, 7) })
+	// The view goes: the page is exclusive again, writable in place.
+	split(src+2*HugeSize, func() { drop() })
+	share()
+	// A second snapshot is taken meanwhile: still the right contents.
+	const dst2 = 0xe000000000
+	split(src+3*HugeSize, func() {
+		if err := e.c.Share(src, dst2, n); err != nil {
+			t.Fatal(err)
+		}
+	})
+	// Frames freed in between (the second view released): copied again
+	// under the lock.
+	split(src+4*HugeSize, func() {
+		if err := e.c.Drop(dst2, n); err != nil {
+			t.Fatal(err)
+		}
+		e.c.FlushAndFree()
+	})
+	for off := uintptr(0); off < n; off += HugeSize {
+		want := uint64(off) + 1
+		if got := e.read(dst + off); got != want {
+			t.Fatalf("view at %#x: %d, want %d", off, got, want)
+		}
+		if got := e.read(src + off); got != want {
+			t.Fatalf("source at %#x: %d, want %d", off, got, want)
+		}
+		e.write(src+off, 0)
+		if e.read(dst+off) != want {
+			t.Fatalf("a write at %#x reached the view", off)
+		}
+	}
+	if e.read(src+HugeSize+8) != 7 {
+		t.Fatal("the other CPU's write was lost")
+	}
+	drop()
+	e.check()
+	t.Logf("%+v", e.c.Stats)
 }
