@@ -44,6 +44,17 @@ type fdEntry struct {
 
 var fds [maxFDs]fdEntry
 
+// fdHigh is one past the highest descriptor ever used: epoll scans stop
+// there instead of walking all maxFDs entries at every wait. klock.
+var fdHigh = 3
+
+// usedFD notes that descriptor fd is in use. klock held.
+func usedFD(fd int) {
+	if fd >= fdHigh {
+		fdHigh = fd + 1
+	}
+}
+
 func initFDs() {
 	for i := 0; i < 3; i++ {
 		fds[i].kind = fdConsole
@@ -54,6 +65,7 @@ func allocFD(kind int32) int64 {
 	for i := range fds {
 		if fds[i].kind == fdFree {
 			fds[i] = fdEntry{kind: kind}
+			usedFD(i)
 			return int64(i)
 		}
 	}
@@ -335,9 +347,10 @@ func epollWait(c int, cur int32, epfd int, out uintptr, max int, timeoutMS int) 
 	}
 	tag := int32(epfd) + 1
 	n := 0
-	start := int(fds[epfd].count) % maxFDs // epoll entries use count as the scan cursor
-	for k := 0; k < maxFDs && n < max; k++ {
-		fd := (start + k) % maxFDs
+	high := fdHigh
+	start := int(fds[epfd].count) % high // epoll entries use count as the scan cursor
+	for k := 0; k < high && n < max; k++ {
+		fd := (start + k) % high
 		f := &fds[fd]
 		if f.ep != tag || f.kind == fdFree {
 			continue

@@ -189,6 +189,7 @@ func dupFD(old, newfd int, anyFD bool) int64 {
 		pipeClose(newfd)
 	}
 	fds[newfd] = fds[old]
+	usedFD(newfd)
 	fds[newfd].ep = 0
 	switch fds[old].kind {
 	case fdSocket:

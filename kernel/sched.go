@@ -352,7 +352,7 @@ func idle(c int) {
 				return
 			}
 			if doorbellRung() {
-				deliverDoorbells()
+				spinDoorbells()
 			}
 			cpuPause()
 		}
@@ -406,12 +406,24 @@ var doorbellSince atomic.Int64
 
 func doorbellRung() bool { return bi != nil && atomic.LoadUint64(&bi.Doorbell) != 0 }
 
-// deliverDoorbells passes every rung doorbell to the monitor (one exit).
-func deliverDoorbells() {
-	doorbellSince.Store(0)
-	atomic.AddUint64(&stats.DoorbellExits, 1)
-	outl(boot.HCNotify, boot.NotifyNone)
+// spinDoorbells runs in an idle vCPU's spin: it delivers the doorbells
+// once they have waited doorbellSpinDelay. Waiting a little lets a busy
+// vCPU ring more of them into the same exit, and one rung just before
+// this vCPU halts rides the halt.
+func spinDoorbells() {
+	now := nanotime()
+	since := doorbellSince.Load()
+	if since == 0 {
+		doorbellSince.CompareAndSwap(0, now)
+		return
+	}
+	if now-since >= doorbellSpinDelay && doorbellSince.CompareAndSwap(since, 0) {
+		atomic.AddUint64(&stats.DoorbellExits, 1)
+		outl(boot.HCNotify, boot.NotifyNone)
+	}
 }
+
+const doorbellSpinDelay = 30_000 // ns
 
 // checkDoorbells runs at kernel entries (preemptCheck): a doorbell seen
 // rung doorbellDelay ago is delivered now.

@@ -341,20 +341,19 @@ func svcEvent(fd, irq int) int64 {
 	return 0
 }
 
-// svcSignal adds one to the service's eventfd: a request was pushed or
-// its device interrupted. Only the step from zero is an edge for epoll;
-// more before the service reads it add nothing it needs. klock held.
+// svcSignal signals the service's eventfd: a request was pushed or its
+// device interrupted. Every signal is an edge for epoll (the service
+// need not read the counter to see the next one: it looks at the ring
+// and the device, which changed before the signal). klock held.
 func svcSignal() {
 	fd := svcEventFD
 	if fd < 0 || fds[fd].kind != fdEventfd {
 		return
 	}
 	f := &fds[fd]
-	f.count++
-	if f.count == 1 {
-		f.gen++
-		wakeEpollFor(fd)
-	}
+	f.count = 1
+	f.gen++
+	wakeEpollFor(fd)
 }
 
 // svcWait parks the service's waiting thread until the ring moves past

@@ -137,8 +137,9 @@ func (m *machine) notify(i int, q uint32) {
 }
 
 // doorbells delivers the notifications the guest rang as doorbells
-// (BootInfo.Doorbell, see kernel/boot). It runs on vCPU threads at the
-// exits that carry them (HCNotify, HCHalt, HCKick).
+// (BootInfo.Doorbell, see kernel/boot). It runs on vCPU threads at every
+// exit, before the exit is handled (a halt then sleeps after the frames
+// it carried went out).
 func (m *machine) doorbells() {
 	bi := (*boot.BootInfo)(unsafe.Pointer(&m.mem[boot.BootInfoAddr]))
 	if atomic.LoadUint64(&bi.Doorbell) == 0 {

@@ -739,6 +739,9 @@ func (v *vcpu) loop() error {
 			return err
 		}
 		m.exits.Add(1)
+		// Any exit delivers the doorbells the guest rang (kernel/boot): one
+		// the kernel makes for them alone is then one fewer.
+		m.doorbells()
 		switch reason {
 		case kvm.ExitIO:
 			io := v.c.IOExit()
@@ -846,10 +849,8 @@ func (v *vcpu) hypercall(port uint16, arg uint32) {
 	case boot.HCExit:
 		m.stop(Result{ExitCode: int(int32(arg)), Reason: "exit"})
 	case boot.HCHalt:
-		m.doorbells()
 		v.halt(int64(v.hcArg(0)))
 	case boot.HCKick:
-		m.doorbells()
 		if int(arg) < len(m.cpus) {
 			select {
 			case m.cpus[arg].kick <- struct{}{}:
@@ -869,7 +870,6 @@ func (v *vcpu) hypercall(port uint16, arg uint32) {
 		if arg != boot.NotifyNone {
 			m.notify(int(arg>>16), arg&0xffff)
 		}
-		m.doorbells()
 	case boot.HCCR2:
 		var s kvm.Sregs
 		if v.c.GetSregs(&s) == nil {

@@ -13,11 +13,14 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"runtime"
 	"sort"
 	"strconv"
 	"strings"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/cumulusdb/cumulus/bench/alloc"
@@ -251,13 +254,38 @@ func cmdRun(args []string) (int, error) {
 	return runImage(img, cfg, rf.stats)
 }
 
+// runImage boots img until it exits. SIGINT or SIGTERM stops the guest
+// (status 130 or 143, as a shell reports a process killed by them) after
+// which the statistics asked for are still printed.
 func runImage(img *vmm.Image, cfg vmm.Config, stats bool) (int, error) {
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(sig)
+	stop := make(chan struct{})
+	cfg.Stop = stop
+	var got atomic.Value
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		select {
+		case s := <-sig:
+			got.Store(s)
+			close(stop)
+		case <-done:
+		}
+	}()
 	res, err := vmm.Run(img, cfg)
 	if stats {
 		printStats(res.Stats)
 	}
 	if errors.Is(err, vmm.ErrTimeout) {
 		return 124, nil
+	}
+	if s, ok := got.Load().(os.Signal); ok && err == nil && res.Reason == "stopped" {
+		if s == syscall.SIGTERM {
+			return 143, nil
+		}
+		return 130, nil
 	}
 	if err != nil {
 		return 1, err

@@ -158,10 +158,10 @@ type BootInfo struct {
 
 	// Doorbells: notifications that may wait a little (FlagDoorbell). A
 	// driver rings one by setting bit q of DoorbellQueues[i] (device i,
-	// queue q) and then bit i of Doorbell; the kernel passes them on with
-	// an exit it makes anyway (a halt) or with HCNotify(NotifyNone), and
-	// the monitor, at HCNotify, HCHalt and HCKick, swaps both words to
-	// zero and notifies each queue (see "Devices" below).
+	// queue q) and then bit i of Doorbell; the monitor, at every exit of
+	// any vCPU, swaps both words to zero and notifies each queue, and the
+	// kernel makes an exit for them (HCNotify with NotifyNone) only when
+	// none comes soon enough (see "Devices" below).
 	Doorbell       uint64
 	DoorbellQueues [MaxDevices]uint32
 }

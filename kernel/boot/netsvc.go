@@ -40,10 +40,12 @@ const (
 	SysSvcInfo  = 1003 // → address of the SvcShared block
 	// SysSvcEvent names an eventfd (a0) that the kernel signals whenever
 	// SysSvcWait would end: a request is pushed, or device a1-1 (if a1 >
-	// 0) interrupts. The service then waits in its runtime's netpoller
-	// (epoll), which the Go runtime treats as idle: its timers keep
-	// running and sysmon sleeps, instead of polling a thread that is
-	// blocked in a system call.
+	// 0) interrupts. Every signal is an edge for epoll, after the change
+	// it announces, so the service needs no read to re-arm it: it checks
+	// the ring and the device, and waits for the next edge. It waits in
+	// its runtime's netpoller (epoll), which the Go runtime treats as
+	// idle: its timers keep running and sysmon sleeps, instead of polling
+	// a thread that is blocked in a system call.
 	SysSvcEvent = 1004
 )
 
