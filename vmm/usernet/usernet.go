@@ -88,6 +88,7 @@ type Network struct {
 	cfg     Config
 	s       *stack.Stack
 	ep      *channel.Endpoint
+	link    *link
 	toGuest func(frame []byte, urgent bool) bool
 	outMu   sync.Mutex // serialises deliveries to the guest (in order)
 	out     []byte     // outMu
@@ -133,7 +134,8 @@ func New(cfg Config, toGuest func(frame []byte, urgent bool) bool) (*Network, er
 		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol, icmp.NewProtocol4},
 	})
 	n.ep = channel.New(512, uint32(cfg.MTU)+14, tcpip.LinkAddress(gwMAC))
-	if e := n.s.CreateNIC(nicID, ethernet.New(n.ep)); e != nil {
+	n.link = &link{Endpoint: n.ep}
+	if e := n.s.CreateNIC(nicID, ethernet.New(n.link)); e != nil {
 		n.s.Close()
 		return nil, fmt.Errorf("usernet: create NIC: %s", e)
 	}
@@ -194,6 +196,26 @@ func (n *Network) FromGuest(frame []byte) {
 
 // Send implements the virtio-net device's Backend.
 func (n *Network) Send(frame []byte) { n.FromGuest(frame) }
+
+// link is the stack's side of the guest link: the channel endpoint, with
+// checksum offload. Frames from the guest are never verified (the link
+// is memory: nothing corrupts them); frames to the guest go without
+// transport checksums once its driver accepted that (OffloadChecksums).
+type link struct {
+	*channel.Endpoint
+	txOffload atomic.Bool
+}
+
+func (l *link) Capabilities() stack.LinkEndpointCapabilities {
+	c := stack.CapabilityRXChecksumOffload
+	if l.txOffload.Load() {
+		c |= stack.CapabilityTXChecksumOffload
+	}
+	return c
+}
+
+// OffloadChecksums implements netdev.ChecksumOffloader.
+func (n *Network) OffloadChecksums(toGuest bool) { n.link.txOffload.Store(toGuest) }
 
 // WriteNotify implements channel.Notification: the stack queued a frame
 // for the guest. Whoever queued it delivers every queued frame, in

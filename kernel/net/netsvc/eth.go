@@ -66,6 +66,16 @@ func attachEth(st *stack.Stack) ([]tcpip.Route, error) {
 	}
 	mac := dev.MAC()
 	ch := channel.New(1024, uint32(dev.MTU()+header.EthernetMinimumSize), tcpip.LinkAddress(mac[:]))
+	// The link is memory between two software stacks: with the device's
+	// agreement, transport checksums are neither computed nor verified.
+	if tx, rx := dev.ChecksumOffload(); tx || rx {
+		if tx {
+			ch.LinkEPCapabilities |= stack.CapabilityTXChecksumOffload
+		}
+		if rx {
+			ch.LinkEPCapabilities |= stack.CapabilityRXChecksumOffload
+		}
+	}
 	if err := st.CreateNIC(ethNIC, ethernet.New(ch)); err != nil {
 		return nil, fmt.Errorf("eth0: %v", err)
 	}

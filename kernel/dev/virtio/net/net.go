@@ -43,9 +43,11 @@ const DeviceID = 1
 
 // Feature bits (§5.1.3).
 const (
-	FMTU    = 1 << 3
-	FMAC    = 1 << 5
-	FStatus = 1 << 16
+	FCsum      = 1 << 0 // the device takes frames with partial or no checksum
+	FGuestCsum = 1 << 1 // the driver takes frames with partial or no checksum
+	FMTU       = 1 << 3
+	FMAC       = 1 << 5
+	FStatus    = 1 << 16
 )
 
 // HeaderSize is the size of virtio_net_hdr_v1 (with num_buffers).
@@ -152,7 +154,7 @@ type Device struct {
 // STATUS, MTU, EVENT_IDX; no offloads), the receive queue filled with
 // buffers, the transmit queue, DRIVER_OK.
 func Open(t virtio.Transport, irq virtio.Interrupt, dma virtio.DMA, cfg Config) (*Device, error) {
-	vd, err := virtio.Open(t, irq, DeviceID, FMAC|FStatus|FMTU|virtio.FEventIdx)
+	vd, err := virtio.Open(t, irq, DeviceID, FMAC|FStatus|FMTU|FCsum|FGuestCsum|virtio.FEventIdx)
 	if err != nil {
 		return nil, fmt.Errorf("virtio-net: %w", err)
 	}
@@ -227,6 +229,14 @@ func (d *Device) postRx(i uint16) error {
 	_, phys := d.rxMem.buf(int(i))
 	return d.rx.Add([]virtio.Buffer{{Addr: phys, Len: uint32(d.slot), DeviceWrites: true}}, uint64(i))
 }
+
+// ChecksumOffload reports what the device and driver agreed on
+// checksums: tx, frames may be sent without transport checksums
+// (VIRTIO_NET_F_CSUM: the device's side completes or ignores them); rx,
+// received frames may come without them and must not be verified
+// (VIRTIO_NET_F_GUEST_CSUM). The caller's stack applies both; the
+// driver itself neither computes nor checks checksums.
+func (d *Device) ChecksumOffload() (tx, rx bool) { return d.vd.Has(FCsum), d.vd.Has(FGuestCsum) }
 
 // MAC returns the device's Ethernet address.
 func (d *Device) MAC() [6]byte { return d.mac }
