@@ -54,6 +54,16 @@ import (
 	"github.com/cumulusdb/cumulus/kernel/boot"
 )
 
+// LinkBuffer is the default TCP send and receive buffer of the stacks on
+// either side of the guest's link (4 MiB: sixty-odd 64 KiB segments).
+const LinkBuffer = 4 << 20
+
+// copyBuffer is what a forwarded connection reads from one side at a
+// time and writes to the other: large, so that the stack cuts a host
+// read into full segments and one short one, not a short one every
+// 64 KiB.
+const copyBuffer = 1 << 20
+
 // Forward publishes a guest TCP port on the host.
 type Forward struct {
 	HostAddr  string // "" = all interfaces
@@ -147,6 +157,13 @@ func New(cfg Config, toGuest func(frame []byte, urgent bool) bool) (*Network, er
 	n.s.SetRouteTable([]tcpip.Route{{Destination: pa.AddressWithPrefix.Subnet(), NIC: nicID}})
 	sack := tcpip.TCPSACKEnabled(true)
 	n.s.SetTransportProtocolOption(tcp.ProtocolNumber, &sack)
+	// Buffers that keep a 64 KiB-segment link busy: the guest's
+	// acknowledgements may wait for its next exit (doorbells), so a
+	// window of a few segments would leave the link idle between them.
+	snd := tcpip.TCPSendBufferSizeRangeOption{Min: tcp.MinBufferSize, Default: LinkBuffer, Max: 2 * LinkBuffer}
+	n.s.SetTransportProtocolOption(tcp.ProtocolNumber, &snd)
+	rcv := tcpip.TCPReceiveBufferSizeRangeOption{Min: tcp.MinBufferSize, Default: LinkBuffer, Max: 2 * LinkBuffer}
+	n.s.SetTransportProtocolOption(tcp.ProtocolNumber, &rcv)
 	if cfg.Outbound {
 		fwd := tcp.NewForwarder(n.s, 0, 256, n.outboundConn)
 		n.s.SetTransportProtocolHandler(tcp.ProtocolNumber, fwd.HandlePacket)
@@ -340,7 +357,7 @@ func (n *Network) join(a, b halfCloser) {
 	}()
 	done := make(chan error, 2)
 	one := func(dst, src halfCloser) {
-		buf := make([]byte, 64<<10)
+		buf := make([]byte, copyBuffer)
 		_, err := io.CopyBuffer(struct{ io.Writer }{dst}, struct{ io.Reader }{src}, buf)
 		if err == nil {
 			err = dst.CloseWrite() // EOF: pass the half-close on

@@ -168,6 +168,16 @@ func newStack() (*stack.Stack, error) {
 		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol, arp.NewProtocol},
 		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol},
 	})
+	// As the monitor's stack (vmm/usernet): SACK, and buffers that keep
+	// the link's 64 KiB segments flowing while acknowledgements wait for
+	// an exit.
+	sack := tcpip.TCPSACKEnabled(true)
+	st.SetTransportProtocolOption(tcp.ProtocolNumber, &sack)
+	const linkBuffer = 4 << 20
+	snd := tcpip.TCPSendBufferSizeRangeOption{Min: tcp.MinBufferSize, Default: linkBuffer, Max: 2 * linkBuffer}
+	st.SetTransportProtocolOption(tcp.ProtocolNumber, &snd)
+	rcv := tcpip.TCPReceiveBufferSizeRangeOption{Min: tcp.MinBufferSize, Default: linkBuffer, Max: 2 * linkBuffer}
+	st.SetTransportProtocolOption(tcp.ProtocolNumber, &rcv)
 	if err := st.CreateNIC(1, loopback.New()); err != nil {
 		return nil, fmt.Errorf("loopback: %v", err)
 	}
