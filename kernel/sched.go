@@ -410,33 +410,27 @@ func doorbellRung() bool { return bi != nil && atomic.LoadUint64(&bi.Doorbell) !
 // once they have waited doorbellSpinDelay. Waiting a little lets a busy
 // vCPU ring more of them into the same exit, and one rung just before
 // this vCPU halts rides the halt.
-func spinDoorbells() {
-	now := nanotime()
-	since := doorbellSince.Load()
-	if since == 0 {
-		doorbellSince.CompareAndSwap(0, now)
-		return
-	}
-	if now-since >= doorbellSpinDelay && doorbellSince.CompareAndSwap(since, 0) {
-		atomic.AddUint64(&stats.DoorbellExits, 1)
-		outl(boot.HCNotify, boot.NotifyNone)
-	}
-}
+func spinDoorbells() { ringAfter(nanotime(), doorbellSpinDelay) }
 
 const doorbellSpinDelay = 30_000 // ns
 
 // checkDoorbells runs at kernel entries (preemptCheck): a doorbell seen
 // rung doorbellDelay ago is delivered now.
 func checkDoorbells(now int64) {
-	if !doorbellRung() {
-		return
+	if doorbellRung() {
+		ringAfter(now, doorbellDelay)
 	}
+}
+
+// ringAfter delivers the doorbells (one exit) once they have waited delay
+// since a vCPU first saw them; the first look only starts the clock.
+func ringAfter(now, delay int64) {
 	since := doorbellSince.Load()
 	if since == 0 {
 		doorbellSince.CompareAndSwap(0, now)
 		return
 	}
-	if now-since >= doorbellDelay && doorbellSince.CompareAndSwap(since, 0) {
+	if now-since >= delay && doorbellSince.CompareAndSwap(since, 0) {
 		atomic.AddUint64(&stats.DoorbellExits, 1)
 		outl(boot.HCNotify, boot.NotifyNone)
 	}
