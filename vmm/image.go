@@ -33,6 +33,13 @@ type Manifest struct {
 	ProgramSize int    `json:"program_size"`
 	NetsvcSize  int    `json:"netsvc_size,omitempty"`
 	GoVersion   string `json:"go_version,omitempty"`
+	// ProgramSites and NetsvcSites are the system-call sites the monitor
+	// rewrites (the addresses of the MOVs before each SYSCALL), found when
+	// the image was built (SyscallSites) so that a boot need not decode
+	// the programs' code again; missing or not matching the code, they
+	// are found at boot.
+	ProgramSites []uint64 `json:"program_syscall_sites,omitempty"`
+	NetsvcSites  []uint64 `json:"netsvc_syscall_sites,omitempty"`
 }
 
 const imageMagic = "CUMULUS-IMAGE-01"

@@ -155,18 +155,65 @@ func stackRelative(in x86asm.Inst) bool {
 	return ok && (m.Base == x86asm.RSP || m.Index == x86asm.RSP)
 }
 
-// applySyscallPatches writes the trampolines into [tramp, end) and
-// rewrites the sites of ELF f (symbols syms) in guest memory; pa maps the
-// ELF's virtual addresses to guest-physical ones. It returns how many
-// sites it rewrote.
-func (m *machine) applySyscallPatches(f *elf.File, syms *symtab, pa func(uint64) uint64, tramp, end uint64) (int, error) {
-	entry, ok := m.kern.byName[boot.SymCallSyscall]
-	if !ok {
-		return 0, nil // an older kernel: keep SYSCALL
+// SyscallSites finds the system-call sites of a program ELF the monitor
+// will rewrite, for Manifest.ProgramSites and NetsvcSites.
+func SyscallSites(program []byte) ([]uint64, error) {
+	f, err := elf.NewFile(bytes.NewReader(program))
+	if err != nil {
+		return nil, fmt.Errorf("vmm: system-call sites: %w", err)
+	}
+	syms, err := loadSymtab(f)
+	if err != nil {
+		return nil, fmt.Errorf("vmm: system-call sites: %w", err)
 	}
 	sites, err := findSyscallSites(f, syms)
 	if err != nil {
-		return 0, err
+		return nil, fmt.Errorf("vmm: system-call sites: %w", err)
+	}
+	addrs := make([]uint64, len(sites))
+	for i, s := range sites {
+		addrs[i] = s.movAddr
+	}
+	return addrs, nil
+}
+
+// sitesAt rebuilds the sites found at image build time from the code. It
+// checks what one instruction can show (a replayable MOV right before a
+// SYSCALL); whether anything jumps between the two was decided when the
+// whole function was decoded at build time, from the same bytes. ok is
+// false if any address does not fit the code: the caller then decodes.
+func sitesAt(f *elf.File, addrs []uint64) (sites []patchSite, ok bool) {
+	text := f.Section(".text")
+	if text == nil || len(addrs) == 0 {
+		return nil, false
+	}
+	data, err := text.Data()
+	if err != nil {
+		return nil, false
+	}
+	for _, a := range addrs {
+		if a < text.Addr || a >= text.Addr+uint64(len(data)) {
+			return nil, false
+		}
+		code := data[a-text.Addr:]
+		in, err := x86asm.Decode(code, 64)
+		if err != nil || in.Len+2 > len(code) || in.Len+2 < 5 || !replayable(in) || loadsExit(in) ||
+			code[in.Len] != 0x0f || code[in.Len+1] != 0x05 {
+			return nil, false
+		}
+		sites = append(sites, patchSite{movAddr: a, movLen: in.Len, mov: append([]byte(nil), code[:in.Len]...), stack: stackRelative(in)})
+	}
+	return sites, true
+}
+
+// applySyscallPatches writes the trampolines into [tramp, end) and
+// rewrites the given sites of the ELF in guest memory; pa maps the ELF's
+// virtual addresses to guest-physical ones. It returns how many sites it
+// rewrote.
+func (m *machine) applySyscallPatches(sites []patchSite, pa func(uint64) uint64, tramp, end uint64) (int, error) {
+	entry, ok := m.kern.byName[boot.SymCallSyscall]
+	if !ok {
+		return 0, nil // an older kernel: keep SYSCALL
 	}
 	sort.Slice(sites, func(i, j int) bool { return sites[i].movAddr < sites[j].movAddr })
 	n := 0

@@ -408,19 +408,32 @@ func (m *machine) setup(img *Image) error {
 	m.installPrivops()
 	if !m.cfg.KeepSyscall {
 		ident := func(va uint64) uint64 { return va }
-		if m.patched, err = m.applySyscallPatches(pf, m.prog, ident, boot.TrampAddr, boot.TrampAddr+boot.TrampSize); err != nil {
+		sites, ok := sitesAt(pf, img.Manifest.ProgramSites)
+		if !ok {
+			if sites, err = findSyscallSites(pf, m.prog); err != nil {
+				return fmt.Errorf("vmm: find system-call sites: %w", err)
+			}
+		}
+		if m.patched, err = m.applySyscallPatches(sites, ident, boot.TrampAddr, boot.TrampAddr+boot.TrampSize); err != nil {
 			return fmt.Errorf("vmm: rewrite system-call sites: %w", err)
 		}
 		if svcFile != nil {
 			// The network service's too: its system calls are most of
-			// the kernel entries of a socket request.
-			syms, err := loadSymtab(svcFile)
-			if err != nil {
-				return fmt.Errorf("vmm: network service symbols: %w", err)
+			// the kernel entries of a socket request. Decoding its 7 MB
+			// of code took ~15 ms of every boot; images carry the sites.
+			sites, ok := sitesAt(svcFile, img.Manifest.NetsvcSites)
+			if !ok {
+				syms, err := loadSymtab(svcFile)
+				if err != nil {
+					return fmt.Errorf("vmm: network service symbols: %w", err)
+				}
+				if sites, err = findSyscallSites(svcFile, syms); err != nil {
+					return fmt.Errorf("vmm: find the network service's system-call sites: %w", err)
+				}
 			}
 			svcPA := func(va uint64) uint64 { return m.svcPA + va - boot.NetsvcBase }
 			lo := boot.NetsvcBase + m.svcEnd
-			n, err := m.applySyscallPatches(svcFile, syms, svcPA, lo, lo+boot.HugePageSize)
+			n, err := m.applySyscallPatches(sites, svcPA, lo, lo+boot.HugePageSize)
 			if err != nil {
 				return fmt.Errorf("vmm: rewrite the network service's system-call sites: %w", err)
 			}

@@ -262,3 +262,30 @@ func TestStats(t *testing.T) {
 		t.Errorf("clock_gettime entered the kernel %d times", n)
 	}
 }
+
+// TestPrecomputedSites: an image carries the system-call sites found when
+// it was built; a boot from them rewrites exactly the sites a boot that
+// decodes the code finds, and sites that do not fit the code (an image
+// from another build) are ignored in favour of decoding.
+func TestPrecomputedSites(t *testing.T) {
+	img := guestImage(t)
+	if len(img.Manifest.ProgramSites) == 0 || len(img.Manifest.NetsvcSites) == 0 {
+		t.Fatalf("image without precomputed sites: %d program, %d network service", len(img.Manifest.ProgramSites), len(img.Manifest.NetsvcSites))
+	}
+	decode := *img
+	decode.Manifest.ProgramSites, decode.Manifest.NetsvcSites = nil, nil
+	wrong := *img
+	wrong.Manifest.ProgramSites = append([]uint64{img.Manifest.ProgramSites[0] + 1}, img.Manifest.ProgramSites[1:]...)
+	wrong.Manifest.NetsvcSites = []uint64{0x1000}
+	var patched []int
+	for _, im := range []*vmm.Image{img, &decode, &wrong} {
+		var out, errb bytes.Buffer
+		res, err := vmm.Run(im, vmm.Config{CPUs: 2, MemBytes: 256 << 20, Timeout: time.Minute,
+			Args: []string{"guest", "goroutines", "timers"}, Stdout: &out, Stderr: &errb})
+		expectOK(t, run{res, err, out.String(), errb.String()}, "goroutines", "timers")
+		patched = append(patched, res.Stats.PatchedSyscalls)
+	}
+	if patched[0] == 0 || patched[0] != patched[1] || patched[1] != patched[2] {
+		t.Fatalf("sites rewritten: from the manifest %d, decoded %d, from wrong sites %d", patched[0], patched[1], patched[2])
+	}
+}

@@ -177,5 +177,14 @@ func Image(name string, program []byte) (*vmm.Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &vmm.Image{Manifest: vmm.Manifest{Name: name, GoVersion: runtime.Version()}, Kernel: k, Program: program, Netsvc: svc}, nil
+	img := &vmm.Image{Manifest: vmm.Manifest{Name: name, GoVersion: runtime.Version()}, Kernel: k, Program: program, Netsvc: svc}
+	// The system-call sites the monitor rewrites, found once here rather
+	// than at every boot.
+	if img.Manifest.ProgramSites, err = vmm.SyscallSites(program); err != nil {
+		return nil, err
+	}
+	if img.Manifest.NetsvcSites, err = vmm.SyscallSites(svc); err != nil {
+		return nil, err
+	}
+	return img, nil
 }
