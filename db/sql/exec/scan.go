@@ -699,17 +699,26 @@ func (c *compiler) tryMemoScan(src *source, rsc *scope, conds []tree.Expr, norma
 	}
 	m := &memoScanNode{base: base, keys: keys, probes: probes, key: new(int)}
 	if len(rest) > 0 {
-		var fs []*expr
-		for _, cond := range rest {
-			x, err := c.compile(cond, rsc, datum.TBool)
-			if err != nil {
-				return nil, err
-			}
-			fs = append(fs, x)
+		cond, err := c.compileAll(rest, rsc)
+		if err != nil {
+			return nil, err
 		}
-		m.rest = andAll(fs)
+		m.rest = cond
 	}
 	return m, nil
+}
+
+// compileAll compiles conditions that must all hold into one.
+func (c *compiler) compileAll(conds []tree.Expr, sc *scope) (*expr, error) {
+	fs := make([]*expr, 0, len(conds))
+	for _, cond := range conds {
+		x, err := c.compile(cond, sc, datum.TBool)
+		if err != nil {
+			return nil, err
+		}
+		fs = append(fs, x)
+	}
+	return andAll(fs), nil
 }
 
 func andAll(xs []*expr) *expr {

@@ -658,15 +658,11 @@ func (c *compiler) planFrom(from tree.TableExprs, where []tree.Expr, outer *scop
 				right = &materializeNode{in: right, key: new(int)}
 			}
 			if len(conds) > 0 {
-				var fs []*expr
-				for _, cond := range conds {
-					x, err := c.compile(cond, rsc, datum.TBool)
-					if err != nil {
-						return nil, nil, nil, err
-					}
-					fs = append(fs, x)
+				cond, err := c.compileAll(conds, rsc)
+				if err != nil {
+					return nil, nil, nil, err
 				}
-				right = &filterNode{in: right, cond: andAll(fs)}
+				right = &filterNode{in: right, cond: cond}
 			}
 		}
 		if i == 0 {
@@ -792,28 +788,20 @@ func (c *compiler) tryHashJoin(src *source, left *scope, conds []tree.Expr, oute
 	} else {
 		right = src.plan
 		if len(rightOnly) > 0 {
-			var fs []*expr
-			for _, cond := range rightOnly {
-				x, err := c.compile(cond, rsc, datum.TBool)
-				if err != nil {
-					return nil, err
-				}
-				fs = append(fs, x)
+			cond, err := c.compileAll(rightOnly, rsc)
+			if err != nil {
+				return nil, err
 			}
-			right = &filterNode{in: right, cond: andAll(fs)}
+			right = &filterNode{in: right, cond: cond}
 		}
 	}
 	hj := &hashJoin{right: right, lkeys: lkeys, rkeys: rkeys}
 	if len(residual) > 0 {
-		var fs []*expr
-		for _, cond := range residual {
-			x, err := c.compile(cond, joined, datum.TBool)
-			if err != nil {
-				return nil, err
-			}
-			fs = append(fs, x)
+		cond, err := c.compileAll(residual, joined)
+		if err != nil {
+			return nil, err
 		}
-		hj.extra = andAll(fs)
+		hj.extra = cond
 	}
 	return hj, nil
 }
@@ -1081,15 +1069,11 @@ func (c *compiler) planSelectClause(s *tree.SelectClause, ob tree.OrderBy, outer
 		return nil, err
 	}
 	if len(rest) > 0 {
-		var fs []*expr
-		for _, w := range rest {
-			x, err := c.compile(w, sc, datum.TBool)
-			if err != nil {
-				return nil, err
-			}
-			fs = append(fs, x)
+		cond, err := c.compileAll(rest, sc)
+		if err != nil {
+			return nil, err
 		}
-		p = &filterNode{in: p, cond: andAll(fs)}
+		p = &filterNode{in: p, cond: cond}
 	}
 	items, err := c.expandSelect(s.Exprs, sc)
 	if err != nil {
