@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cumulusdb/cumulus/bench/postgres"
 	"github.com/cumulusdb/cumulus/kernel/boot"
 	"github.com/cumulusdb/cumulus/vmm"
 	"github.com/cumulusdb/cumulus/vmm/build"
@@ -31,7 +32,7 @@ func measureImage(pgbench, mode string, cfg config, dur time.Duration, disk stri
 	if err != nil {
 		return result{}, err
 	}
-	port, err := freePort()
+	port, err := postgres.FreePort()
 	if err != nil {
 		return result{}, err
 	}

@@ -11,7 +11,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"image/color"
@@ -19,7 +18,6 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
 	"regexp"
 	"runtime"
@@ -31,6 +29,7 @@ import (
 	"gonum.org/v1/plot/plotter"
 	"gonum.org/v1/plot/vg"
 
+	"github.com/cumulusdb/cumulus/bench/postgres"
 	"github.com/cumulusdb/cumulus/db/pgwire"
 )
 
@@ -68,7 +67,7 @@ func main() {
 	threads := flag.Int("threads", 2, "pgbench threads (-j)")
 	duration := flag.Duration("duration", 15*time.Second, "pgbench run time (-T)")
 	modes := flag.String("modes", "simple,prepared", "pgbench query modes (-M), comma separated")
-	pgBin := flag.String("pgbin", "/usr/lib/postgresql/15/bin", "PostgreSQL server binaries")
+	pgBin := flag.String("pgbin", postgres.DefaultBin, "PostgreSQL server binaries")
 	skipPG := flag.Bool("skip-postgres", false, "measure CumulusDB only")
 	image := flag.Bool("image", true, "also measure CumulusDB inside the image (KVM: virtio disk, published port)")
 	flag.Parse()
@@ -77,15 +76,6 @@ func main() {
 		fmt.Fprintln(os.Stderr, "pgbench:", err)
 		os.Exit(1)
 	}
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 func run(out string, cfg config, dur time.Duration, pgBin string, skipPG, image bool) error {
@@ -108,7 +98,7 @@ func run(out string, cfg config, dur time.Duration, pgBin string, skipPG, image 
 	}
 	defer os.RemoveAll(tmp)
 	for i, mode := range modes {
-		port, err := freePort()
+		port, err := postgres.FreePort()
 		if err != nil {
 			return err
 		}
@@ -151,10 +141,11 @@ func run(out string, cfg config, dur time.Duration, pgBin string, skipPG, image 
 	}
 
 	if !skipPG {
-		stop, pgPort, err := startPostgres(pgBin, tmp)
+		pg, err := postgres.Start(pgBin, tmp)
 		if err != nil {
-			return fmt.Errorf("postgres: %w", err)
+			return err
 		}
+		stop, pgPort := pg.Stop, pg.Port
 		for _, mode := range modes {
 			r, err := measure(pgbench, "postgresql-15", mode, pgPort, "postgres", cfg, dur)
 			if err != nil {
@@ -253,79 +244,6 @@ func measure(pgbench, system, mode string, port int, db string, cfg config, dur 
 	}
 	r.Consistent = strings.TrimSpace(string(psqlOut)) == "t"
 	return r, nil
-}
-
-// startPostgres initialises and starts a throwaway PostgreSQL 15 cluster
-// (as the postgres user when run as root) and returns a stop function.
-func startPostgres(bin, tmp string) (func(), int, error) {
-	initdb := filepath.Join(bin, "initdb")
-	if _, err := os.Stat(initdb); err != nil {
-		return nil, 0, fmt.Errorf("PostgreSQL server binaries not found in %s: %w", bin, err)
-	}
-	dir := filepath.Join(tmp, "pg")
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, 0, err
-	}
-	var wrap []string
-	if os.Geteuid() == 0 {
-		u, err := user.Lookup("postgres")
-		if err != nil {
-			return nil, 0, fmt.Errorf("running as root needs a postgres user: %w", err)
-		}
-		uid, _ := strconv.Atoi(u.Uid)
-		gid, _ := strconv.Atoi(u.Gid)
-		os.Chmod(tmp, 0o755)
-		if err := os.Chown(dir, uid, gid); err != nil {
-			return nil, 0, err
-		}
-		wrap = []string{"runuser", "-u", "postgres", "--"}
-	}
-	command := func(args ...string) *exec.Cmd {
-		all := append(append([]string{}, wrap...), args...)
-		return exec.Command(all[0], all[1:]...)
-	}
-	if outp, err := command(initdb, "-D", dir, "-U", "cumulus", "-A", "trust", "--no-sync").CombinedOutput(); err != nil {
-		return nil, 0, fmt.Errorf("initdb: %w\n%s", err, outp)
-	}
-	port, err := freePort()
-	if err != nil {
-		return nil, 0, err
-	}
-	srv := command(filepath.Join(bin, "postgres"), "-D", dir, "-p", strconv.Itoa(port), "-k", dir,
-		"-c", "listen_addresses=127.0.0.1", "-c", "fsync=on", "-c", "synchronous_commit=on",
-		"-c", "shared_buffers=1GB", "-c", "max_connections=100")
-	logf, err := os.Create(filepath.Join(tmp, "postgres.log"))
-	if err != nil {
-		return nil, 0, err
-	}
-	srv.Stdout, srv.Stderr = logf, logf
-	if err := srv.Start(); err != nil {
-		return nil, 0, err
-	}
-	stop := func() {
-		// runuser does not forward signals: stop the server with pg_ctl.
-		if err := command(filepath.Join(bin, "pg_ctl"), "-D", dir, "stop", "-m", "fast").Run(); err != nil {
-			srv.Process.Kill()
-		}
-		srv.Wait()
-		logf.Close()
-	}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
-		if err == nil {
-			c.Close()
-			if exec.Command("psql", "-h", "127.0.0.1", "-p", strconv.Itoa(port), "-U", "cumulus", "-d", "postgres", "-c", "select 1").Run() == nil {
-				return stop, port, nil
-			}
-		}
-		if time.Now().After(deadline) {
-			stop()
-			b, _ := os.ReadFile(filepath.Join(tmp, "postgres.log"))
-			return nil, 0, errors.New("postgres did not start:\n" + string(b))
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
 }
 
 func plotReport(rep report, path string) error {

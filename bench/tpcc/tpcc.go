@@ -22,7 +22,6 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
 	"regexp"
 	"runtime"
@@ -34,6 +33,7 @@ import (
 	"gonum.org/v1/plot/plotter"
 	"gonum.org/v1/plot/vg"
 
+	"github.com/cumulusdb/cumulus/bench/postgres"
 	"github.com/cumulusdb/cumulus/db/pgwire"
 )
 
@@ -173,7 +173,7 @@ func Run(o Options) (*Report, error) {
 		o.PoolSize = 1 << 30
 	}
 	if o.PGBin == "" {
-		o.PGBin = "/usr/lib/postgresql/15/bin"
+		o.PGBin = postgres.DefaultBin
 	}
 	if o.GoTPC == "" {
 		o.progress("tpcc: building go-tpc %s...", GoTPCVersion)
@@ -214,12 +214,12 @@ func Run(o Options) (*Report, error) {
 	os.RemoveAll(filepath.Join(tmp, "cumulus"))
 
 	if !o.SkipPostgres {
-		pgPort, stopPG, err := startPostgres(o.PGBin, tmp)
+		pg, err := postgres.Start(o.PGBin, tmp, "tpcc") // go-tpc needs the database to exist
 		if err != nil {
-			return nil, fmt.Errorf("tpcc: postgres: %w", err)
+			return nil, fmt.Errorf("tpcc: %w", err)
 		}
-		r, err := measure(o, "postgresql-15", pgPort, "tpcc")
-		stopPG()
+		r, err := measure(o, "postgresql-15", pg.Port, "tpcc")
+		pg.Stop()
 		if err != nil {
 			return nil, fmt.Errorf("tpcc: postgresql: %w", err)
 		}
@@ -244,7 +244,7 @@ func Run(o Options) (*Report, error) {
 // startCumulus serves a fresh database in dir and returns its port and a
 // stop function.
 func startCumulus(o Options, dir string) (int, func() error, error) {
-	port, err := freePort()
+	port, err := postgres.FreePort()
 	if err != nil {
 		return 0, nil, err
 	}
@@ -316,15 +316,6 @@ func waitPort(addr string, d time.Duration, exited <-chan error) error {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 var (
@@ -418,84 +409,6 @@ func measure(o Options, system string, port int, db string) (Result, error) {
 		r.CheckOutput = tail(out, 2000)
 	}
 	return r, nil
-}
-
-// startPostgres initialises and starts a throwaway PostgreSQL cluster in
-// tmp (as the postgres user when run as root, since PostgreSQL refuses to
-// run as root) with durable commits, and returns its port and a stop
-// function.
-func startPostgres(bin, tmp string) (int, func(), error) {
-	initdb := filepath.Join(bin, "initdb")
-	if _, err := os.Stat(initdb); err != nil {
-		return 0, nil, fmt.Errorf("PostgreSQL server binaries not found in %s: %w", bin, err)
-	}
-	dir := filepath.Join(tmp, "pg")
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return 0, nil, err
-	}
-	var wrap []string
-	if os.Geteuid() == 0 {
-		u, err := user.Lookup("postgres")
-		if err != nil {
-			return 0, nil, fmt.Errorf("running as root needs a postgres user: %w", err)
-		}
-		uid, _ := strconv.Atoi(u.Uid)
-		gid, _ := strconv.Atoi(u.Gid)
-		os.Chmod(tmp, 0o755)
-		if err := os.Chown(dir, uid, gid); err != nil {
-			return 0, nil, err
-		}
-		wrap = []string{"runuser", "-u", "postgres", "--"}
-	}
-	command := func(args ...string) *exec.Cmd {
-		all := append(append([]string{}, wrap...), args...)
-		return exec.Command(all[0], all[1:]...)
-	}
-	if out, err := command(initdb, "-D", dir, "-U", "cumulus", "-A", "trust", "--no-sync").CombinedOutput(); err != nil {
-		return 0, nil, fmt.Errorf("initdb: %w\n%s", err, out)
-	}
-	port, err := freePort()
-	if err != nil {
-		return 0, nil, err
-	}
-	srv := command(filepath.Join(bin, "postgres"), "-D", dir, "-p", strconv.Itoa(port), "-k", dir,
-		"-c", "listen_addresses=127.0.0.1", "-c", "fsync=on", "-c", "synchronous_commit=on",
-		"-c", "shared_buffers=1GB", "-c", "max_connections=100")
-	logPath := filepath.Join(tmp, "postgres.log")
-	logf, err := os.Create(logPath)
-	if err != nil {
-		return 0, nil, err
-	}
-	srv.Stdout, srv.Stderr = logf, logf
-	if err := srv.Start(); err != nil {
-		logf.Close()
-		return 0, nil, err
-	}
-	stop := func() {
-		// runuser does not forward signals: stop the server with pg_ctl.
-		if err := command(filepath.Join(bin, "pg_ctl"), "-D", dir, "stop", "-m", "fast").Run(); err != nil {
-			srv.Process.Kill()
-		}
-		srv.Wait()
-		logf.Close()
-	}
-	psql := filepath.Join(bin, "psql")
-	if _, err := os.Stat(psql); err != nil {
-		psql = "psql"
-	}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		// go-tpc needs the database to exist.
-		if exec.Command(psql, "-h", "127.0.0.1", "-p", strconv.Itoa(port), "-U", "cumulus", "-d", "postgres", "-c", "create database tpcc").Run() == nil {
-			return port, stop, nil
-		}
-		if time.Now().After(deadline) {
-			stop()
-			b, _ := os.ReadFile(logPath)
-			return 0, nil, errors.New("postgres did not start:\n" + string(b))
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
 }
 
 // Table is a human-readable summary.

@@ -6,6 +6,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/cumulusdb/cumulus/bench/postgres"
 	"github.com/cumulusdb/cumulus/bench/tpcc"
 )
 
@@ -20,7 +21,7 @@ func cmdBenchTPCC(args []string) error {
 	threads := fs.Int("threads", 4, "go-tpc threads (-T) for load and run")
 	dur := fs.Duration("time", 60*time.Second, "run phase duration")
 	pool := fs.Int64("pool", 1<<30, "CumulusDB buffer pool bytes")
-	pgBin := fs.String("pgbin", "/usr/lib/postgresql/15/bin", "PostgreSQL server binaries")
+	pgBin := fs.String("pgbin", postgres.DefaultBin, "PostgreSQL server binaries")
 	skipPG := fs.Bool("skip-postgres", false, "measure CumulusDB only")
 	iso := fs.String("isolation", "read-committed", "isolation level for both systems: read-committed or serializable")
 	gotpc := fs.String("go-tpc", "", "go-tpc "+tpcc.GoTPCVersion+" binary (default: build it into the user cache)")
