@@ -94,21 +94,14 @@ func Run(o Options) (*Report, error) {
 			return nil, err
 		}
 	}
-	root, err := build.ModuleRoot()
-	if err != nil {
-		return nil, err
-	}
 	tmp, err := os.MkdirTemp(o.Dir, "cumulus-bench-blk-")
 	if err != nil {
 		return nil, err
 	}
 	defer os.RemoveAll(tmp)
 	bin := filepath.Join(tmp, "blkguest")
-	cmd := exec.Command("go", "build", "-o", bin, "./bench/blk/blkguest")
-	cmd.Dir = root
-	cmd.Env = append(os.Environ(), "GOOS=linux", "GOARCH=amd64", "CGO_ENABLED=0")
-	if msg, err := cmd.CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("bench/blk: build guest: %v\n%s", err, msg)
+	if err := build.ModuleBinary("./bench/blk/blkguest", bin); err != nil {
+		return nil, fmt.Errorf("bench/blk: build guest: %w", err)
 	}
 	disk := filepath.Join(tmp, "disk.img")
 	fmt.Fprintf(o.Progress, "filling %s (%d MiB)...\n", disk, o.Size>>20)

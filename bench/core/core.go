@@ -117,21 +117,14 @@ func Run(o Options) (*Report, error) {
 	if o.Progress == nil {
 		o.Progress = io.Discard
 	}
-	root, err := build.ModuleRoot()
-	if err != nil {
-		return nil, err
-	}
 	tmp, err := os.MkdirTemp("", "cumulus-bench-")
 	if err != nil {
 		return nil, err
 	}
 	defer os.RemoveAll(tmp)
 	bin := filepath.Join(tmp, "coreguest")
-	cmd := exec.Command("go", "build", "-o", bin, "./bench/coreguest")
-	cmd.Dir = root
-	cmd.Env = append(os.Environ(), "GOOS=linux", "GOARCH=amd64", "CGO_ENABLED=0")
-	if msg, err := cmd.CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("bench: build guest: %v\n%s", err, msg)
+	if err := build.ModuleBinary("./bench/coreguest", bin); err != nil {
+		return nil, fmt.Errorf("bench: build guest: %w", err)
 	}
 	prog, err := os.ReadFile(bin)
 	if err != nil {

@@ -140,21 +140,14 @@ func RunBench(o Options) (*Report, error) {
 		}
 	}
 	rep.SizeBytes = o.Size
-	root, err := build.ModuleRoot()
-	if err != nil {
-		return nil, err
-	}
 	tmp, err := os.MkdirTemp("", "cumulus-snap-")
 	if err != nil {
 		return nil, err
 	}
 	defer os.RemoveAll(tmp)
 	bin := filepath.Join(tmp, "snapguest")
-	cmd := exec.Command("go", "build", "-o", bin, "./bench/snapshot/guest")
-	cmd.Dir = root
-	cmd.Env = append(os.Environ(), "GOOS=linux", "GOARCH=amd64", "CGO_ENABLED=0")
-	if msg, err := cmd.CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("bench snapshot: build guest: %v\n%s", err, msg)
+	if err := build.ModuleBinary("./bench/snapshot/guest", bin); err != nil {
+		return nil, fmt.Errorf("bench snapshot: build guest: %w", err)
 	}
 	args := func(mode string) []string {
 		return []string{"-mode", mode, "-size", strconv.FormatUint(o.Size, 10), "-threads", strconv.Itoa(o.Threads),

@@ -124,6 +124,24 @@ func Netsvc() ([]byte, error) {
 	return netsvcELF, netsvcErr
 }
 
+// ModuleBinary builds pkg, a package of this module named from its root
+// ("./bench/coreguest"), into the static executable out: the same file
+// runs as a Linux process and, through Image, inside an image, which is
+// what the benchmarks compare.
+func ModuleBinary(pkg, out string) error {
+	root, err := ModuleRoot()
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command("go", "build", "-o", out, pkg)
+	cmd.Dir = root
+	cmd.Env = goEnv()
+	if msg, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("build: %s: %v\n%s", pkg, err, msg)
+	}
+	return nil
+}
+
 // Program builds the Go main package at path (a directory, a package
 // pattern relative to the current directory, or an existing ELF file) and
 // returns the executable's bytes.
