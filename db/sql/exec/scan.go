@@ -614,15 +614,8 @@ func (n *memoScanNode) run(rc *runCtx, emit func(Row) error) error {
 	if v, ok := rc.cached(n.key); ok {
 		table = v.(map[string][]Row)
 	} else {
-		table = map[string][]Row{}
-		if err := n.base.run(rc, func(r Row) error {
-			k, ok, err := hashKey(rc, n.keys, r)
-			if err != nil || !ok {
-				return err
-			}
-			table[k] = append(table[k], r)
-			return nil
-		}); err != nil {
+		var err error
+		if table, err = buildHashTable(rc, n.base, n.keys); err != nil {
 			return err
 		}
 		rc.store(n.key, table)

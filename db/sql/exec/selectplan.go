@@ -362,16 +362,25 @@ func hashKey(rc *runCtx, keys []*expr, r Row) (key string, ok bool, err error) {
 	}
 	return string(rowKey(nil, vals)), true, nil
 }
-func (n *hashJoin) run(rc *runCtx, emit func(Row) error) error {
+
+// buildHashTable runs p and groups its rows by keys (rows with a NULL key
+// match nothing and are left out).
+func buildHashTable(rc *runCtx, p plan, keys []*expr) (map[string][]Row, error) {
 	table := map[string][]Row{}
-	if err := n.right.run(rc, func(r Row) error {
-		k, ok, err := hashKey(rc, n.rkeys, r)
+	err := p.run(rc, func(r Row) error {
+		k, ok, err := hashKey(rc, keys, r)
 		if err != nil || !ok {
 			return err
 		}
 		table[k] = append(table[k], r)
 		return nil
-	}); err != nil {
+	})
+	return table, err
+}
+
+func (n *hashJoin) run(rc *runCtx, emit func(Row) error) error {
+	table, err := buildHashTable(rc, n.right, n.rkeys)
+	if err != nil {
 		return err
 	}
 	return n.left.run(rc, func(l Row) error {
