@@ -30,7 +30,7 @@
 // durable; that transaction's durability precedes any later commit that
 // depended on it, because the log is sequential.
 //
-// Tx.SetReadCommitted weakens this per transaction, for callers that
+// Tx.SetReadCommitted(true) weakens this per transaction, for callers that
 // serialise their writers themselves (the SQL layer's row locks): reads
 // made after it are not validated, so such a transaction never fails with
 // ErrConflict. It still reads only committed data (writes are applied at

@@ -66,10 +66,12 @@ type Tx struct {
 	unvalidated bool
 }
 
-// SetReadCommitted stops recording the transaction's reads and scans from
-// now on: they are not validated at commit (see the package comment for
-// what this gives up). Earlier reads stay validated.
-func (tx *Tx) SetReadCommitted() { tx.unvalidated = true }
+// SetReadCommitted(true) stops recording the transaction's reads and scans
+// from then on: they are not validated at commit (see the package comment
+// for what this gives up). Earlier reads stay validated. SetReadCommitted(
+// false) records them again; reads made in between stay unvalidated, so a
+// caller that wants a serializable transaction sets it before reading.
+func (tx *Tx) SetReadCommitted(on bool) { tx.unvalidated = on }
 
 // SetAsync makes Commit return once the transaction's writes are applied
 // and logged, without waiting for the log to reach stable storage (as

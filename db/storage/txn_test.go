@@ -398,7 +398,7 @@ func TestReadCommitted(t *testing.T) {
 			t.Fatal(err)
 		}
 		if rc {
-			tx.SetReadCommitted()
+			tx.SetReadCommitted(true)
 		}
 		a := getU64(t, tx, tbl, "a")
 		if err := tx.Scan(tbl, nil, nil, func(k, v []byte) bool { return true }); err != nil {

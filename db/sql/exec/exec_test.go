@@ -406,6 +406,18 @@ func TestIsolationLevels(t *testing.T) {
 	if err := history("begin", 4); err != nil {
 		t.Fatalf("session default read committed: %v", err)
 	}
+	// A serializable transaction in a read-committed session is validated.
+	if err := history("begin isolation level serializable", 5); sqlerr.Code(err) != sqlerr.SerializationFailure {
+		t.Fatalf("BEGIN SERIALIZABLE under a read-committed default: %v, want 40001", err)
+	}
+	run(t, a, "begin")
+	run(t, a, "set transaction isolation level serializable")
+	run(t, a, "select tax from w where id = 1")
+	run(t, b, "update w set ytd = ytd + 10 where id = 1")
+	run(t, a, "insert into o values (6, 1)")
+	if _, err := query(a, "commit"); sqlerr.Code(err) != sqlerr.SerializationFailure {
+		t.Fatalf("SET TRANSACTION SERIALIZABLE under a read-committed default: %v, want 40001", err)
+	}
 	expect(t, a, "select id from o order by id", "2;4")
 
 	// Lost updates: concurrent read-committed increments all count,
@@ -434,7 +446,7 @@ func TestIsolationLevels(t *testing.T) {
 	for err := range errs {
 		t.Errorf("read-committed increment: %v", err)
 	}
-	expect(t, b, "select ytd from w", "140") // 4 × 10 from the histories + 100
+	expect(t, b, "select ytd from w", "160") // 6 × 10 from the histories + 100
 
 	// Unique indexes stay unique under read committed.
 	run(t, a, "create table u (id int primary key, email text)")

@@ -224,15 +224,14 @@ func (s *Session) begin() error {
 // no update is lost), and each statement reads the latest committed rows,
 // but unlike PostgreSQL a statement has no snapshot of its own: it may
 // see a concurrent commit partially.
+// It is set before the transaction's first read (BEGIN, or SET
+// TRANSACTION before any query), so either direction is exact.
 func (s *Session) setIsolation(level string) {
 	level = strings.ToLower(strings.TrimSpace(level))
-	switch level {
-	case "read committed", "read uncommitted":
-		s.tx.SetReadCommitted()
-	case "repeatable read":
-	default:
+	if !validIsolation(level) {
 		level = "serializable"
 	}
+	s.tx.SetReadCommitted(level == "read committed" || level == "read uncommitted")
 	s.txIso = level
 }
 
