@@ -28,7 +28,8 @@ import (
 //
 // Statements with comments, dollar quotes, prefixed strings (E'', B'',
 // X'', U&''), existing parameters or several statements are not
-// templated. Templates re-plan after DDL like any prepared statement.
+// templated. After DDL a shape is templated afresh: its parameters' types
+// may have changed with the tables.
 
 // templateCacheSize bounds the per-session cache; it is cleared when full.
 const templateCacheSize = 256
@@ -36,7 +37,7 @@ const templateCacheSize = 256
 type template struct {
 	p       *Prepared // nil: the shape was tried and cannot be templated
 	numeric []bool    // per parameter: the constant was a number
-	version uint64    // catalog version of a failed try (DDL may change the answer)
+	version uint64    // catalog version it was made at (DDL may change the answer)
 }
 
 // constant is one literal cut out of a statement.
@@ -155,8 +156,8 @@ func (s *Session) templated(sql string) (p *Prepared, args []datum.Value, ok boo
 		return nil, nil, false
 	}
 	t, hit := s.templates[masked]
-	if hit && t.p == nil && t.version != s.eng.Cat.Version() {
-		hit = false
+	if hit && t.version != s.eng.Cat.Version() {
+		hit = false // DDL since: the parameters' types may have changed too
 	}
 	if !hit {
 		t = s.makeTemplate(masked, consts)
@@ -197,7 +198,7 @@ func (s *Session) makeTemplate(masked string, consts []constant) *template {
 	if err := s.withReadTx(func() error { return s.planPrepared(p) }); err != nil {
 		return no
 	}
-	t := &template{p: p, numeric: make([]bool, len(consts))}
+	t := &template{p: p, numeric: make([]bool, len(consts)), version: no.version}
 	for i, c := range consts {
 		k := p.ParamTypes[i].Kind()
 		if p.ParamTypes[i].OID == 0 || c.numeric && k != datum.KInt && k != datum.KFloat && k != datum.KNumeric {
