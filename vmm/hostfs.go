@@ -206,16 +206,16 @@ func (h *hostFS) call(m *machine, nr uint64, arg func(int) uint64) (int64, error
 	case 257: // openat(dirfd, path, flags, mode)
 		flags := int(arg(2))
 		write := flags&(unix.O_WRONLY|unix.O_RDWR|unix.O_CREAT|unix.O_TRUNC) != 0
-		if g, err := str(1); err == nil && g == "" {
+		g, err := str(1)
+		if err != nil {
+			return 0, unix.EFAULT
+		}
+		if g == "" {
 			return 0, unix.ENOENT // as Linux: an empty path names nothing
 		}
-		p, _, err := pathAt(0, 1, write)
-		if err == unix.ENOENT && !write {
-			if g, gerr := str(1); gerr == nil {
-				if content, ok := builtinFiles[path.Clean(g)]; ok {
-					return h.openBuiltin(path.Clean(g), content)
-				}
-			}
+		p, _, err := h.resolve(int64(int32(arg(0))), g, write)
+		if content, ok := builtinFiles[path.Clean(g)]; ok && err == unix.ENOENT && !write {
+			return h.openBuiltin(path.Clean(g), content)
 		}
 		if err != nil {
 			return 0, err
@@ -226,7 +226,6 @@ func (h *hostFS) call(m *machine, nr uint64, arg func(int) uint64) (int64, error
 		if err != nil {
 			return 0, err
 		}
-		g, _ := str(1)
 		base := h.cwd
 		if d, ok := h.files[int64(int32(arg(0)))]; ok && int32(arg(0)) != -100 {
 			base = d.guest
