@@ -153,6 +153,8 @@ type kstats struct {
 	IRQs            uint64 // device interrupts handled (waiters woken)
 	DoorbellExits   uint64 // doorbells delivered by an exit of their own (HCNotify)
 	DoorbellHalts   uint64 // doorbells delivered by a halt
+	PFDecoded       uint64 // page faults resolved at the address decoded from the instruction (faultaddr.go)
+	PFDecodeMisses  uint64 // decoded addresses that did not resolve the fault (CR2 read after all)
 }
 
 var stats kstats

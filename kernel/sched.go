@@ -59,6 +59,8 @@ type threadHdr struct {
 	altSize    uint64
 	altFlags   int32
 	pfRetries  int32  // page faults re-executed for lack of a usable CR2
+	pfRIP      uint64 // the last page fault resolved at a decoded address (faultaddr.go):
+	pfAddr     uint64 // the same again means the decoding did not help
 	affinity   uint64 // CPUs the thread may run on (0: any)
 	proc       int32  // 0: the program; 1: the network service (sock.go)
 }

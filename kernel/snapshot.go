@@ -231,11 +231,14 @@ func cowFault(addr uintptr) bool {
 		return false
 	}
 	var b mm.Break
+	t0 := nanotime()
 	mmlock.lock()
 	ok, cp, err := cow.BeginBreak(addr, &b)
 	if err == nil && cp {
 		mmlock.unlock()
+		tc := nanotime()
 		err = cow.CopyBreak(&b)
+		atomic.AddUint64(&snapCnt.CopyNs, uint64(nanotime()-tc))
 		mmlock.lock()
 		if err == nil {
 			ok, err = cow.FinishBreak(&b)
@@ -247,6 +250,7 @@ func cowFault(addr uintptr) bool {
 	}
 	if ok {
 		snapCnt.Faults++
+		snapCnt.FaultNs += uint64(nanotime() - t0)
 		snapCounters()
 	}
 	mmlock.unlock()

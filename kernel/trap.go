@@ -93,16 +93,40 @@ func faultTrap() {
 		ff = &t.tf
 		var cr2 uint64
 		if ff.vector == 14 {
-			outl(boot.HCCR2, 0)
-			cr2 = pc.hcArgs[0]
-			// A write (bit 1) to a present page (bit 0) is a write to a
-			// page a snapshot write-protected: copy-on-write
-			// (snapshot.go). Anything else may be demand paging.
-			if (ff.errcode&3 == 3 && cowFault(uintptr(cr2))) || demandPage(uintptr(cr2)) {
-				atomic.AddUint64(&stats.PageFaults, 1)
-				t.pfRetries = 0
-				leaveKernel(int(pc.cpu))
-				return // resume the thread (its frame is complete)
+			// The address: decoded from the instruction where that
+			// works (faultaddr.go), else CR2 by an exit. A decoded
+			// address that resolved nothing, or the same fault again
+			// right after one that did, asks CR2.
+			decoded := false
+			if ff.errcode&0x10 == 0 { // a data access, not a fetch
+				if a, ok := faultAddr(ff, ff.errcode&2 != 0); ok && (ff.rip != t.pfRIP || uint64(a) != t.pfAddr) {
+					cr2, decoded = uint64(a), true
+				}
+			}
+			t.pfRIP = 0
+			for {
+				if !decoded {
+					outl(boot.HCCR2, 0)
+					cr2 = pc.hcArgs[0]
+				}
+				// A write (bit 1) to a present page (bit 0) is a write to a
+				// page a snapshot write-protected: copy-on-write
+				// (snapshot.go). Anything else may be demand paging.
+				if (ff.errcode&3 == 3 && cowFault(uintptr(cr2))) || demandPage(uintptr(cr2)) {
+					atomic.AddUint64(&stats.PageFaults, 1)
+					if decoded {
+						atomic.AddUint64(&stats.PFDecoded, 1)
+						t.pfRIP, t.pfAddr = ff.rip, cr2
+					}
+					t.pfRetries = 0
+					leaveKernel(int(pc.cpu))
+					return // resume the thread (its frame is complete)
+				}
+				if !decoded {
+					break
+				}
+				atomic.AddUint64(&stats.PFDecodeMisses, 1)
+				decoded = false
 			}
 			// Under PVM, KVM_GET_SREGS occasionally reports CR2 = 0 for a
 			// genuine fault on committed memory (seen as "nil" faults on

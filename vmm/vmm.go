@@ -66,6 +66,12 @@ type Config struct {
 	// Stop, when closed, stops the machine (Result.Reason "stopped",
 	// exit code 0): the guest is not told, like a power-off.
 	Stop <-chan struct{}
+	// Prealloc backs all of guest RAM with host memory before the first
+	// vCPU runs (QEMU's -mem-prealloc). Without it the host allocates and
+	// zeroes a page on the guest's first touch, inside whatever the guest
+	// was doing: ~0.2 ms per 2 MiB on a plain host, ~8 ms where the host
+	// is itself a VM whose memory its hypervisor has not backed yet.
+	Prealloc bool
 }
 
 // Result is how a run ended.
@@ -95,6 +101,8 @@ type Stats struct {
 	Shootdowns        uint64        // kernel requests to flush every vCPU
 	FramesReclaimed   uint64        // 4 KiB frames returned by munmap/MADV_DONTNEED
 	PFRetries         uint64        // page faults retried because CR2 read back unusable (PVM)
+	PFDecoded         uint64        // page faults resolved at the address decoded from the instruction (no exit for CR2)
+	PFDecodeMisses    uint64        // decoded addresses that did not resolve the fault (CR2 read after all)
 	Syscalls          uint64        // kernel entries by SYSCALL
 	SyscallsByNr      map[int]uint64
 	UnknownSyscall    uint64
@@ -241,6 +249,13 @@ func (m *machine) setup(img *Image) error {
 	}
 	// Large host pages let the shadow MMU map guest memory in 2 MiB pieces.
 	unix.Madvise(m.mem, unix.MADV_HUGEPAGE)
+	if m.cfg.Prealloc {
+		t := time.Now()
+		if err := prealloc(m.mem); err != nil {
+			return fmt.Errorf("vmm: preallocate %d MiB of guest memory: %w", m.cfg.MemBytes>>20, err)
+		}
+		m.cfg.Log.Info("vmm: guest memory preallocated", "MiB", m.cfg.MemBytes>>20, "elapsed", time.Since(t))
+	}
 	if err := m.vm.SetMemory(0, 0, m.mem); err != nil {
 		return err
 	}
@@ -1049,6 +1064,7 @@ func (m *machine) collectStats() Stats {
 		s.Shootdowns, s.FramesReclaimed = w(524), w(525)
 		s.PFRetries, s.DeviceIRQs = w(526), w(527)
 		s.DoorbellExits, s.DoorbellHalts = w(528), w(529)
+		s.PFDecoded, s.PFDecodeMisses = w(530), w(531)
 	}
 	s.Devices = m.deviceStats()
 	return s

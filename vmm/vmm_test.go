@@ -289,3 +289,15 @@ func TestPrecomputedSites(t *testing.T) {
 		t.Fatalf("sites rewritten: from the manifest %d, decoded %d, from wrong sites %d", patched[0], patched[1], patched[2])
 	}
 }
+
+// TestPrealloc: with Config.Prealloc the monitor backs all of guest RAM
+// before the guest starts, and the guest runs as without it.
+func TestPrealloc(t *testing.T) {
+	img := guestImage(t)
+	var out, errb bytes.Buffer
+	res, err := vmm.Run(img, vmm.Config{
+		CPUs: 2, MemBytes: 512 << 20, Timeout: time.Minute, Prealloc: true,
+		Args: []string{"guest", "goroutines", "timers", "mutex"}, Stdout: &out, Stderr: &errb,
+	})
+	expectOK(t, run{res, err, out.String(), errb.String()}, "goroutines", "timers", "mutex")
+}

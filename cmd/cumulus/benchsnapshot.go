@@ -4,6 +4,8 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"strconv"
+	"strings"
 
 	"github.com/cumulusdb/cumulus/bench/snapshot"
 )
@@ -20,8 +22,17 @@ func cmdBenchSnapshot(args []string) error {
 	before := fs.Duration("before", 0, "OLTP time before the snapshot (default 1s)")
 	after := fs.Duration("after", 0, "OLTP time after the snapshot is dropped (default 1s)")
 	linuxOnly := fs.Bool("linux-only", false, "skip the image (no /dev/kvm)")
+	hot := fs.String("hot", "1,0.25,0.0625,0.015625", "write-set sizes as fractions of the area, comma-separated: each runs every system once (the first gives figures a and b; all give c)")
+	cold := fs.Bool("cold", false, "do not warm the host's memory or preallocate the image's RAM first")
 	fs.Parse(args)
-	o := snapshot.Options{Threads: *threads, CPUs: *cpus, Before: *before, After: *after, OutDir: *out, Progress: os.Stderr, LinuxOnly: *linuxOnly}
+	o := snapshot.Options{Threads: *threads, CPUs: *cpus, Before: *before, After: *after, OutDir: *out, Progress: os.Stderr, LinuxOnly: *linuxOnly, Cold: *cold}
+	for _, f := range strings.Split(*hot, ",") {
+		v, err := strconv.ParseFloat(strings.TrimSpace(f), 64)
+		if err != nil || v <= 0 || v > 1 {
+			return fmt.Errorf("bench snapshot: -hot: %q is not a fraction in (0, 1]", f)
+		}
+		o.Hot = append(o.Hot, v)
+	}
 	if *size != "" {
 		sz, err := parseSize(*size)
 		if err != nil {

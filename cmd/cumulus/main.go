@@ -39,7 +39,7 @@ func usage() {
   cumulus image [-o FILE] [PATH]             build a bootable image from a Go main package
                                              (PATH: directory, package, or linux/amd64 ELF;
                                              default: the CumulusDB server)
-  cumulus run [-cpus N] [-mem SIZE] [-timeout D] [-stats] [-v HOST:GUEST[:ro]]...
+  cumulus run [-cpus N] [-mem SIZE] [-mem-prealloc] [-timeout D] [-stats] [-v HOST:GUEST[:ro]]...
               [-disk PATH[:ro]]... [-disk-size SIZE] [-net] [-p [HOSTADDR:]HOSTPORT:GUESTPORT]...
               IMAGE [-- ARGS...]             boot IMAGE under KVM; its exit status is ours
   cumulus test [go test flags] PACKAGES      run package tests inside images
@@ -162,6 +162,7 @@ type runFlags struct {
 	diskSize    string
 	ports       multiFlag
 	net         bool
+	prealloc    bool
 }
 
 type multiFlag []string
@@ -172,6 +173,7 @@ func (m *multiFlag) Set(s string) error { *m = append(*m, s); return nil }
 func (rf *runFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&rf.cpus, "cpus", 1, "number of vCPUs")
 	fs.StringVar(&rf.mem, "mem", "1G", "guest memory")
+	fs.BoolVar(&rf.prealloc, "mem-prealloc", false, "back all guest memory with host memory before the guest starts (no host page faults later, at the cost of start-up time)")
 	fs.DurationVar(&rf.timeout, "timeout", 0, "stop the guest after this long (exit status 124)")
 	fs.BoolVar(&rf.stats, "stats", false, "print exits, hypercalls and kernel entries at the end (JSON, stderr)")
 	fs.Var(&rf.env, "e", "set an environment variable in the guest (KEY=VALUE, repeatable)")
@@ -226,7 +228,7 @@ func (rf *runFlags) config(args []string) (vmm.Config, error) {
 	return vmm.Config{
 		Disks: disks, Net: rf.net, Ports: ports,
 		CPUs: rf.cpus, MemBytes: mem, Timeout: rf.timeout, Args: args, Env: env,
-		Shares: shares, Cwd: rf.workdir, KeepFrames: !rf.reclaim, KeepSyscall: rf.keepSyscall,
+		Shares: shares, Cwd: rf.workdir, KeepFrames: !rf.reclaim, KeepSyscall: rf.keepSyscall, Prealloc: rf.prealloc,
 		Log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: logLevel()})),
 	}, nil
 }

@@ -58,7 +58,6 @@ package mm
 import (
 	"errors"
 	"sync/atomic"
-	"unsafe"
 )
 
 // Errors of the copy-on-write operations.
@@ -172,6 +171,8 @@ type SnapCounters struct {
 	CreateFlushNs  uint64 // of which TLB flushes (the monitor's CR3 reload on every vCPU)
 	ReleaseNs      uint64 // time in release (sum)
 	ReleaseFlushNs uint64 // of which TLB flushes
+	FaultNs        uint64 // time resolving copy-on-write faults, in the kernel (sum; delivery and return not included)
+	CopyNs         uint64 // of which copying data pages
 }
 
 const pendingMax = 512
@@ -409,7 +410,7 @@ func pageOrder(level uint) int {
 
 func (c *CoW) copyFrame(dst, src uintptr, order int) {
 	size := uintptr(PageSize) << order
-	copy(unsafe.Slice((*byte)(c.PT.ptr(dst)), size), unsafe.Slice((*byte)(c.PT.ptr(src)), size))
+	copyData(c.PT.ptr(dst), c.PT.ptr(src), size)
 }
 
 // install points the write-protected leaf t[i] (at level), whose frame is

@@ -1,8 +1,10 @@
 package mm
 
 import (
+	"bytes"
 	"math/rand"
 	"testing"
+	"unsafe"
 )
 
 // cowEnv is a page table over fake RAM with a software "MMU": reads go
@@ -377,4 +379,21 @@ func TestCoWBreakSplit(t *testing.T) {
 	drop()
 	e.check()
 	t.Logf("%+v", e.c.Stats)
+}
+
+// TestCopyData checks the non-temporal copy against copy() for the sizes
+// breaks use (and a size that takes the fallback).
+func TestCopyData(t *testing.T) {
+	for _, n := range []int{4096, 64 << 10, 2 << 20} {
+		buf := make([]byte, 2*n+64)
+		off := (32 - int(uintptr(unsafe.Pointer(&buf[0]))%32)) % 32
+		dst, src := buf[off:off+n], buf[off+n:off+2*n]
+		for i := range src {
+			src[i] = byte(i*7 + i>>11)
+		}
+		copyData(unsafe.Pointer(&dst[0]), unsafe.Pointer(&src[0]), uintptr(n))
+		if !bytes.Equal(dst, src) {
+			t.Fatalf("copyData of %d bytes: copy differs", n)
+		}
+	}
 }

@@ -41,6 +41,7 @@ type Result struct {
 	Method     string    `json:"method"`
 	SizeBytes  uint64    `json:"size_bytes"`
 	Threads    int       `json:"oltp_threads"`
+	Hot        float64   `json:"hot_fraction"` // writers write to this fraction of their records
 	CreateMs   float64   `json:"create_ms"`
 	ScanMs     float64   `json:"scan_ms"`
 	DestroyMs  float64   `json:"destroy_ms"`
@@ -64,8 +65,13 @@ func main() {
 	before := flag.Duration("before", time.Second, "OLTP before the snapshot")
 	after := flag.Duration("after", time.Second, "OLTP after the snapshot is dropped")
 	sample := flag.Duration("sample", 10*time.Millisecond, "sampling interval")
+	hot := flag.Float64("hot", 1, "fraction of its records each writer writes to (1: all, uniformly; 0.01: the first 1%)")
 	flag.Parse()
-	if err := run(*mode, uintptr(*size), *threads, *before, *after, *sample); err != nil {
+	if *hot <= 0 || *hot > 1 {
+		fmt.Fprintln(os.Stderr, "guest: -hot must be in (0, 1]")
+		os.Exit(2)
+	}
+	if err := run(*mode, uintptr(*size), *threads, *hot, *before, *after, *sample); err != nil {
 		fmt.Fprintln(os.Stderr, "guest:", err)
 		os.Exit(1)
 	}
@@ -76,7 +82,7 @@ type counter struct {
 	_ [56]byte
 }
 
-func run(mode string, size uintptr, nw int, before, after, sample time.Duration) error {
+func run(mode string, size uintptr, nw int, hot float64, before, after, sample time.Duration) error {
 	if nw < 1 || nw > maxWriters {
 		return fmt.Errorf("threads must be 1..%d", maxWriters)
 	}
@@ -91,7 +97,8 @@ func run(mode string, size uintptr, nw int, before, after, sample time.Duration)
 	words := a.Words
 	hdr := len(words) - maxWriters
 	per := hdr / nw
-	res := Result{Kernel: k.Name(), Mode: mode, SizeBytes: uint64(size), Threads: nw, SampleMs: float64(sample) / 1e6}
+	res := Result{Kernel: k.Name(), Mode: mode, SizeBytes: uint64(size), Threads: nw, Hot: hot, SampleMs: float64(sample) / 1e6}
+	span := uint64(max(1, int(float64(per)*hot))) // records each writer writes to
 
 	var stop atomic.Bool
 	counts := make([]counter, nw)
@@ -109,7 +116,7 @@ func run(mode string, size uintptr, nw int, before, after, sample time.Duration)
 					x ^= x << 13
 					x ^= x >> 7
 					x ^= x << 17
-					r := base + int(x%uint64(per))
+					r := base + int(x%span)
 					words[r]++
 					n++
 					atomic.StoreUint64(&words[hdr+w], n)
@@ -294,6 +301,8 @@ func delta(a, b unikernel.SnapshotCounters) unikernel.SnapshotCounters {
 	a.CreateFlushNs -= b.CreateFlushNs
 	a.ReleaseNs -= b.ReleaseNs
 	a.ReleaseFlushNs -= b.ReleaseFlushNs
+	a.FaultNs -= b.FaultNs
+	a.CopyNs -= b.CopyNs
 	return a
 }
 
