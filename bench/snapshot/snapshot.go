@@ -20,6 +20,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -50,6 +51,10 @@ type Options struct {
 	// {1}: uniformly over the whole area, the talk's benchmark). The
 	// first value's runs give figures (a) and (b); all give (c).
 	Hot []float64
+	// Reps repeats every write-set size's runs (interleaved); the sweep
+	// reports each ratio's median. This host's throughput varies by
+	// ±30% from one run to the next.
+	Reps int
 	// Cold skips warming the host's memory and preallocating the
 	// image's RAM (see warmHost).
 	Cold bool
@@ -63,6 +68,12 @@ type SweepPoint struct {
 	Image         float64 `json:"image"`
 	Fork          float64 `json:"fork"`
 	Uffd          float64 `json:"uffd"`
+	// The same ratios against OLTP during the same scan without a
+	// snapshot (the scan reading the live area) on the same kernel: the
+	// snapshot's own cost, without the scan's interference.
+	ImageVsNoSnap float64 `json:"image_vs_no_snapshot"`
+	ForkVsNoSnap  float64 `json:"fork_vs_no_snapshot"`
+	UffdVsNoSnap  float64 `json:"uffd_vs_no_snapshot"`
 	ImageCopies   uint64  `json:"image_pages_copied"`
 	ImageFaultUs  float64 `json:"image_fault_us"` // per copy-on-write fault, in the kernel
 	ImageScanMs   float64 `json:"image_scan_ms"`
@@ -71,6 +82,7 @@ type SweepPoint struct {
 // Run is one system's result (the guest's JSON line) plus the monitor's.
 type Run struct {
 	Name string          `json:"name"`
+	Key  string          `json:"system"` // fork, uffd, image, linux-none, image-none
 	Res  json.RawMessage `json:"result"`
 	res  guestResult
 	// Image only: whole-run monitor counts.
@@ -108,6 +120,7 @@ type Report struct {
 	// Sweep is figure (c): OLTP during the scan over before, per
 	// write-set size, for each system.
 	Sweep []SweepPoint `json:"sweep"`
+	Reps  int          `json:"reps"` // runs per write-set size (medians)
 	// WarmSeconds is the time spent warming the host's memory first.
 	WarmSeconds float64 `json:"warm_host_s,omitempty"`
 	// Image runs that died for reasons unrelated to snapshots (retried).
@@ -117,6 +130,66 @@ type Report struct {
 	ImageDuringOverNone float64 `json:"image_oltp_during_scan_over_before"`
 	ForkDuringOverNone  float64 `json:"fork_oltp_during_scan_over_before"`
 	UffdDuringOverNone  float64 `json:"uffd_oltp_during_scan_over_before"`
+	ImageOverNoSnap     float64 `json:"image_oltp_during_scan_over_no_snapshot_scan"`
+	ForkOverNoSnap      float64 `json:"fork_oltp_during_scan_over_no_snapshot_scan"`
+	UffdOverNoSnap      float64 `json:"uffd_oltp_during_scan_over_no_snapshot_scan"`
+}
+
+// medianPoint is the field-wise median of pts (one write-set size).
+func medianPoint(pts []SweepPoint) SweepPoint {
+	med := func(f func(SweepPoint) float64) float64 {
+		v := make([]float64, len(pts))
+		for i, p := range pts {
+			v[i] = f(p)
+		}
+		sort.Float64s(v)
+		if len(v)%2 == 1 {
+			return v[len(v)/2]
+		}
+		return (v[len(v)/2-1] + v[len(v)/2]) / 2
+	}
+	p := pts[0]
+	p.Image = med(func(p SweepPoint) float64 { return p.Image })
+	p.Fork = med(func(p SweepPoint) float64 { return p.Fork })
+	p.Uffd = med(func(p SweepPoint) float64 { return p.Uffd })
+	p.ImageVsNoSnap = med(func(p SweepPoint) float64 { return p.ImageVsNoSnap })
+	p.ForkVsNoSnap = med(func(p SweepPoint) float64 { return p.ForkVsNoSnap })
+	p.UffdVsNoSnap = med(func(p SweepPoint) float64 { return p.UffdVsNoSnap })
+	p.ImageCopies = uint64(med(func(p SweepPoint) float64 { return float64(p.ImageCopies) }))
+	p.ImageFaultUs = med(func(p SweepPoint) float64 { return p.ImageFaultUs })
+	p.ImageScanMs = med(func(p SweepPoint) float64 { return p.ImageScanMs })
+	return p
+}
+
+// sweepPoint computes one write-set size's ratios from its runs.
+func sweepPoint(runs []Run, hot float64, size uint64) SweepPoint {
+	pt := SweepPoint{Hot: hot, WriteSetBytes: uint64(float64(size) * hot)}
+	during := map[string]float64{}
+	for _, r := range runs {
+		during[r.Key] = r.res.DuringOps
+	}
+	for _, r := range runs {
+		g := r.res
+		v := ratio(g.DuringOps, g.BeforeOps)
+		switch r.Key {
+		case "image":
+			pt.Image, pt.ImageScanMs = v, g.ScanMs
+			pt.ImageVsNoSnap = ratio(g.DuringOps, during["image-none"])
+			if c := g.Counters; c != nil {
+				pt.ImageCopies = c.PageCopies
+				if c.Faults > 0 {
+					pt.ImageFaultUs = float64(c.FaultNs) / float64(c.Faults) / 1e3
+				}
+			}
+		case "fork":
+			pt.Fork = v
+			pt.ForkVsNoSnap = ratio(g.DuringOps, during["linux-none"])
+		case "uffd":
+			pt.Uffd = v
+			pt.UffdVsNoSnap = ratio(g.DuringOps, during["linux-none"])
+		}
+	}
+	return pt
 }
 
 func memAvailable() uint64 {
@@ -199,51 +272,43 @@ func RunBench(o Options) (*Report, error) {
 	if len(o.Hot) == 0 {
 		o.Hot = []float64{1}
 	}
+	if o.Reps < 1 {
+		o.Reps = 1
+	}
+	rep.Reps = o.Reps
 	for hi, hot := range o.Hot {
-		runs, retries, err := runOnce(o, bin, img, hot, guestMem)
-		rep.ImageRetries += retries
-		if err != nil {
-			return nil, err
-		}
-		if hi == 0 {
-			rep.Runs = runs
-		}
-		pt := SweepPoint{Hot: hot, WriteSetBytes: uint64(float64(o.Size) * hot)}
-		for _, r := range runs {
-			g := r.res
-			v := ratio(g.DuringOps, g.BeforeOps)
-			switch {
-			case strings.HasPrefix(r.Name, "image"):
-				pt.Image, pt.ImageScanMs = v, g.ScanMs
-				if c := g.Counters; c != nil {
-					pt.ImageCopies = c.PageCopies
-					if c.Faults > 0 {
-						pt.ImageFaultUs = float64(c.FaultNs) / float64(c.Faults) / 1e3
-					}
-				}
-			case strings.Contains(r.Name, "fork"):
-				pt.Fork = v
-			default:
-				pt.Uffd = v
+		var pts []SweepPoint
+		for r := 0; r < o.Reps; r++ {
+			runs, retries, err := runOnce(o, bin, img, hot, guestMem)
+			rep.ImageRetries += retries
+			if err != nil {
+				return nil, err
 			}
+			if hi == 0 && r == 0 {
+				rep.Runs = runs
+			}
+			pts = append(pts, sweepPoint(runs, hot, o.Size))
 		}
+		pt := medianPoint(pts)
 		rep.Sweep = append(rep.Sweep, pt)
-		fmt.Fprintf(o.Progress, "write set %.4g of the area: OLTP during scan / before: image %.2f, fork %.2f, userfaultfd %.2f\n", hot, pt.Image, pt.Fork, pt.Uffd)
+		fmt.Fprintf(o.Progress, "write set %.4g of the area: OLTP during scan / before: image %.2f, fork %.2f, userfaultfd %.2f; / the same scan without a snapshot: image %.2f, fork %.2f, userfaultfd %.2f\n",
+			hot, pt.Image, pt.Fork, pt.Uffd, pt.ImageVsNoSnap, pt.ForkVsNoSnap, pt.UffdVsNoSnap)
 	}
+	if len(rep.Sweep) > 0 {
+		p := rep.Sweep[0]
+		rep.ImageDuringOverNone, rep.ForkDuringOverNone, rep.UffdDuringOverNone = p.Image, p.Fork, p.Uffd
+		rep.ImageOverNoSnap, rep.ForkOverNoSnap, rep.UffdOverNoSnap = p.ImageVsNoSnap, p.ForkVsNoSnap, p.UffdVsNoSnap
+	}
+	var forkCreate, imageCreate float64
 	for _, r := range rep.Runs {
-		g := r.res
-		switch {
-		case strings.HasPrefix(r.Name, "image"):
-			rep.ImageDuringOverNone = ratio(g.DuringOps, g.BeforeOps)
-		case strings.Contains(r.Name, "fork"):
-			rep.ForkDuringOverNone = ratio(g.DuringOps, g.BeforeOps)
-		default:
-			rep.UffdDuringOverNone = ratio(g.DuringOps, g.BeforeOps)
+		switch r.Key {
+		case "fork":
+			forkCreate = r.res.CreateMs
+		case "image":
+			imageCreate = r.res.CreateMs
 		}
 	}
-	if len(rep.Runs) == 3 {
-		rep.ForkOverImageCreate = ratio(rep.Runs[0].res.CreateMs, rep.Runs[2].res.CreateMs)
-	}
+	rep.ForkOverImageCreate = ratio(forkCreate, imageCreate)
 	if o.OutDir != "" {
 		if err := rep.write(o.OutDir); err != nil {
 			return rep, err
@@ -273,7 +338,11 @@ func (r *Report) Table() string {
 	fmt.Fprintf(&b, "\n%-28s %12s %10s %12s %10s %10s %10s %6s\n", "system", "create ms", "scan ms", "destroy ms", "before M/s", "during M/s", "after M/s", "exact")
 	for _, x := range r.Runs {
 		g := x.res
-		fmt.Fprintf(&b, "%-28s %12.3f %10.1f %12.3f %10.1f %10.1f %10.1f %6v\n", x.Name, g.CreateMs, g.ScanMs, g.DestroyMs, g.BeforeOps/1e6, g.DuringOps/1e6, g.AfterOps/1e6, g.Consistent)
+		exact := fmt.Sprint(g.Consistent)
+		if g.Method == "none" {
+			exact = "-" // the scan read the live area: not a cut
+		}
+		fmt.Fprintf(&b, "%-28s %12.3f %10.1f %12.3f %10.1f %10.1f %10.1f %6s\n", x.Name, g.CreateMs, g.ScanMs, g.DestroyMs, g.BeforeOps/1e6, g.DuringOps/1e6, g.AfterOps/1e6, exact)
 		if c := g.Counters; c != nil {
 			fmt.Fprintf(&b, "%-28s in the kernel: create %.3f ms (TLB flush %.3f ms), release %.3f ms (flush %.3f ms)\n", "",
 				float64(c.CreateNs)/1e6, float64(c.CreateFlushNs)/1e6, float64(c.ReleaseNs)/1e6, float64(c.ReleaseFlushNs)/1e6)
@@ -285,20 +354,20 @@ func (r *Report) Table() string {
 				"", c.LiveWrites, c.Shares, c.TableCopies, c.PageCopies, c.CopyBytes>>20, c.PageReuses, c.Faults, c.Flushes, x.VMExits, x.VMTLBFlushes)
 		}
 	}
-	fmt.Fprintf(&b, "create: fork() / image = %.0fx; OLTP during scan / before: image %.2f, fork %.2f, userfaultfd %.2f\n",
-		r.ForkOverImageCreate, r.ImageDuringOverNone, r.ForkDuringOverNone, r.UffdDuringOverNone)
+	fmt.Fprintf(&b, "create: fork() / image = %.0fx; OLTP during scan / before: image %.2f, fork %.2f, userfaultfd %.2f; / during the same scan without a snapshot: image %.2f, fork %.2f, userfaultfd %.2f\n",
+		r.ForkOverImageCreate, r.ImageDuringOverNone, r.ForkDuringOverNone, r.UffdDuringOverNone, r.ImageOverNoSnap, r.ForkOverNoSnap, r.UffdOverNoSnap)
 	if len(r.Sweep) > 0 {
-		fmt.Fprintf(&b, "(c) OLTP during the scan / before, by the writers' write set:\n%12s %10s %8s %8s %12s %14s %14s %12s\n",
-			"write set", "of area", "image", "fork()", "userfaultfd", "image copies", "µs per fault", "image scan ms")
+		fmt.Fprintf(&b, "(c) OLTP during the scan, by the writers' write set (median of %d runs each): over OLTP before the snapshot | over OLTP during the same scan without a snapshot\n%12s %8s %8s %8s %8s | %8s %8s %8s %12s %12s %12s\n",
+			r.Reps, "write set", "of area", "image", "fork()", "uffd", "image", "fork()", "uffd", "image copies", "µs/fault", "scan ms")
 		for _, p := range r.Sweep {
-			fmt.Fprintf(&b, "%9d MiB %10.4g %8.2f %8.2f %12.2f %14d %14.1f %12.1f\n",
-				p.WriteSetBytes>>20, p.Hot, p.Image, p.Fork, p.Uffd, p.ImageCopies, p.ImageFaultUs, p.ImageScanMs)
+			fmt.Fprintf(&b, "%9d MiB %8.4g %8.2f %8.2f %8.2f | %8.2f %8.2f %8.2f %12d %12.1f %12.1f\n",
+				p.WriteSetBytes>>20, p.Hot, p.Image, p.Fork, p.Uffd, p.ImageVsNoSnap, p.ForkVsNoSnap, p.UffdVsNoSnap, p.ImageCopies, p.ImageFaultUs, p.ImageScanMs)
 		}
 	}
 	return b.String()
 }
 
-var colors = []color.Color{color.RGBA{200, 60, 40, 255}, color.RGBA{230, 150, 20, 255}, color.RGBA{40, 90, 200, 255}}
+var colors = []color.Color{color.RGBA{120, 120, 120, 255}, color.RGBA{200, 60, 40, 255}, color.RGBA{230, 150, 20, 255}, color.RGBA{60, 160, 220, 255}, color.RGBA{40, 90, 200, 255}}
 
 func (r *Report) write(dir string) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -351,31 +420,45 @@ func (r *Report) write(dir string) error {
 	plots := [][]*plot.Plot{{pa}, {pb}}
 	if len(r.Sweep) > 1 {
 		pc := plot.New()
-		pc.Title.Text = "(c) OLTP during the scan / before the snapshot, by the writers' write set"
+		pc.Title.Text = "(c) OLTP during the scan, by the writers' write set"
 		pc.X.Label.Text = "write set (MiB, log scale)"
 		pc.X.Scale = plot.LogScale{}
 		pc.X.Tick.Marker = plot.LogTicks{Prec: -1}
 		pc.Y.Label.Text = "ratio"
 		pc.Y.Min, pc.Y.Max = 0, 1.05
-		for i, name := range []string{"linux fork()", "linux kapi (userfaultfd-wp)", "image kapi (page-table CoW)"} {
+		hasImage := false
+		for _, x := range r.Runs {
+			hasImage = hasImage || x.Key == "image"
+		}
+		series := []struct {
+			name   string
+			color  int
+			dashed bool
+			y      func(SweepPoint) float64
+		}{
+			{"fork() / no snapshot", 1, false, func(p SweepPoint) float64 { return p.ForkVsNoSnap }},
+			{"userfaultfd / no snapshot", 2, false, func(p SweepPoint) float64 { return p.UffdVsNoSnap }},
+			{"image / no snapshot", 4, false, func(p SweepPoint) float64 { return p.ImageVsNoSnap }},
+			{"image / before the snapshot", 4, true, func(p SweepPoint) float64 { return p.Image }},
+		}
+		for i, sr := range series {
+			if i >= 2 && !hasImage {
+				continue
+			}
 			pts := make(plotter.XYs, 0, len(r.Sweep))
 			for _, p := range r.Sweep {
-				y := [...]float64{p.Fork, p.Uffd, p.Image}[i]
-				if i == 2 && r.Runs[len(r.Runs)-1].Name != name {
-					continue
-				}
-				pts = append(pts, plotter.XY{X: float64(p.WriteSetBytes) / (1 << 20), Y: y})
-			}
-			if len(pts) == 0 {
-				continue
+				pts = append(pts, plotter.XY{X: float64(p.WriteSetBytes) / (1 << 20), Y: sr.y(p)})
 			}
 			l, sc, err := plotter.NewLinePoints(pts)
 			if err != nil {
 				return err
 			}
-			l.Color, sc.Color = colors[i%len(colors)], colors[i%len(colors)]
+			l.Color, sc.Color = colors[sr.color], colors[sr.color]
+			if sr.dashed {
+				l.Dashes = []vg.Length{vg.Points(6), vg.Points(3)}
+			}
 			pc.Add(l, sc)
-			pc.Legend.Add(name, l, sc)
+			pc.Legend.Add(sr.name, l, sc)
 		}
 		goal, _ := plotter.NewLine(plotter.XYs{{X: float64(r.Sweep[len(r.Sweep)-1].WriteSetBytes) / (1 << 20), Y: 0.9}, {X: float64(r.Sweep[0].WriteSetBytes) / (1 << 20), Y: 0.9}})
 		goal.Dashes = []vg.Length{vg.Points(4), vg.Points(4)}
@@ -414,12 +497,12 @@ func runOnce(o Options, bin string, img *vmm.Image, hot float64, guestMem uint64
 		return []string{"-mode", mode, "-size", strconv.FormatUint(o.Size, 10), "-threads", strconv.Itoa(o.Threads),
 			"-before", o.Before.String(), "-after", o.After.String(), "-hot", strconv.FormatFloat(hot, 'g', -1, 64)}
 	}
-	add := func(name string, out []byte) error {
+	add := func(name, key string, out []byte) error {
 		line := lastJSON(out)
 		if line == nil {
 			return fmt.Errorf("bench snapshot: %s: no result in %q", name, out)
 		}
-		r := Run{Name: name, Res: line}
+		r := Run{Name: name, Key: key, Res: line}
 		if err := json.Unmarshal(line, &r.res); err != nil {
 			return err
 		}
@@ -429,7 +512,7 @@ func runOnce(o Options, bin string, img *vmm.Image, hot float64, guestMem uint64
 			name, g.CreateMs, g.ScanMs, g.DestroyMs, g.BeforeOps/1e6, g.DuringOps/1e6, g.AfterOps/1e6, g.Consistent)
 		return nil
 	}
-	for _, mode := range []string{"fork", "kapi"} {
+	for _, mode := range []string{"none", "fork", "kapi"} {
 		c := exec.Command(bin, args(mode)...)
 		c.Env = append(os.Environ(), fmt.Sprintf("GOMAXPROCS=%d", o.CPUs))
 		var errb bytes.Buffer
@@ -438,15 +521,21 @@ func runOnce(o Options, bin string, img *vmm.Image, hot float64, guestMem uint64
 		if err != nil {
 			return nil, 0, fmt.Errorf("bench snapshot: linux %s: %v\n%s", mode, err, errb.String())
 		}
-		name := "linux fork()"
-		if mode == "kapi" {
-			name = "linux kapi (userfaultfd-wp)"
+		name, key := "linux fork()", "fork"
+		switch mode {
+		case "kapi":
+			name, key = "linux kapi (userfaultfd-wp)", "uffd"
+		case "none":
+			name, key = "linux, no snapshot", "linux-none"
 		}
-		if err := add(name, out); err != nil {
+		if err := add(name, key, out); err != nil {
 			return nil, 0, err
 		}
 	}
-	if img != nil {
+	for _, mode := range []string{"none", "kapi"} {
+		if img == nil {
+			break
+		}
 		var out, errb bytes.Buffer
 		var res vmm.Result
 		// The image occasionally dies at start-up or in the runtime with
@@ -456,7 +545,7 @@ func runOnce(o Options, bin string, img *vmm.Image, hot float64, guestMem uint64
 			out.Reset()
 			errb.Reset()
 			res, err = vmm.Run(img, vmm.Config{CPUs: o.CPUs, MemBytes: guestMem, Timeout: 10 * time.Minute, Prealloc: !o.Cold,
-				Args: append([]string{"snapguest"}, args("kapi")...), Stdout: &out, Stderr: &errb})
+				Args: append([]string{"snapguest"}, args(mode)...), Stdout: &out, Stderr: &errb})
 			if err == nil && res.ExitCode == 0 {
 				break
 			}
@@ -466,7 +555,11 @@ func runOnce(o Options, bin string, img *vmm.Image, hot float64, guestMem uint64
 			retries++
 			fmt.Fprintf(o.Progress, "image run failed (exit %d), retrying: %.300s\n", res.ExitCode, errb.String()+out.String())
 		}
-		if err := add("image kapi (page-table CoW)", out.Bytes()); err != nil {
+		name, key := "image kapi (page-table CoW)", "image"
+		if mode == "none" {
+			name, key = "image, no snapshot", "image-none"
+		}
+		if err := add(name, key, out.Bytes()); err != nil {
 			return nil, 0, err
 		}
 		r := &runs[len(runs)-1]

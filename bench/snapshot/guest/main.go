@@ -200,13 +200,17 @@ func run(mode string, size uintptr, nw int, hot float64, before, after, sample t
 		t3 = time.Now()
 		syscall.Close(p[0])
 		syscall.Close(p[1])
-	case "none": // the same run without a snapshot: the scan reads the live area
+	case "none":
+		// The same OLAP job without a snapshot: the scan reads the live
+		// area while the writers change it (its sums are not a
+		// consistent cut and are not checked). OLTP during this scan is
+		// the baseline that leaves the scan's own interference (memory
+		// bandwidth, caches) in and takes only the snapshot's cost out.
 		res.Method = "none"
 		t1 = time.Now()
-		time.Sleep(50 * time.Millisecond)
+		scan(words, per, nw, hdr, sums)
 		t2 = time.Now()
 		t3 = t2
-		sums[0] = 1 << 62 // not checked
 	default:
 		return fmt.Errorf("unknown mode %q", mode)
 	}
@@ -224,7 +228,11 @@ func run(mode string, size uintptr, nw int, hot float64, before, after, sample t
 	res.ScanMs = float64(t2.Sub(t1)) / 1e6
 	res.DestroyMs = float64(t3.Sub(t2)) / 1e6
 	res.Consistent = true
-	for w := 0; w < nw && mode != "none"; w++ {
+	for w := 0; w < nw; w++ {
+		if mode == "none" {
+			res.Checksum += sums[w]
+			continue
+		}
 		d := sums[w] - sums[nw+w]
 		if d != 0 && d != 1 {
 			res.Consistent = false
