@@ -24,7 +24,7 @@ func cmdBenchSnapshot(args []string) error {
 	linuxOnly := fs.Bool("linux-only", false, "skip the image (no /dev/kvm)")
 	hot := fs.String("hot", "1,0.25,0.0625,0.015625", "write-set sizes as fractions of the area, comma-separated: each runs every system once (the first gives figures a and b; all give c)")
 	reps := fs.Int("reps", 1, "runs per write-set size (interleaved; the sweep reports medians)")
-	cold := fs.Bool("cold", false, "do not warm the host's memory or preallocate the image's RAM first")
+	cold := fs.Bool("cold", false, "boot the image without -mem-prealloc (its copy-on-write frames then pay the host's first touch inside the fault)")
 	fs.Parse(args)
 	o := snapshot.Options{Threads: *threads, CPUs: *cpus, Before: *before, After: *after, OutDir: *out, Progress: os.Stderr, LinuxOnly: *linuxOnly, Cold: *cold, Reps: *reps}
 	for _, f := range strings.Split(*hot, ",") {
