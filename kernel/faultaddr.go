@@ -10,9 +10,9 @@ package kernel
 // (HCCR2, ~46 µs under PVM) on top of its delivery (~18 µs): a third of a
 // demand-paging fault and a sixth of a copy-on-write break (snapshot.go).
 // The address is also what the instruction computed: for the memory
-// operand forms programs fault on (ModRM/SIB addressing, string stores),
-// base + index<<scale + displacement (+ FS base) from the saved registers
-// gives it.
+// operand forms programs fault on (ModRM/SIB addressing, string stores,
+// pushes and calls), base + index<<scale + displacement (+ FS base), RDI,
+// or RSP-8 from the saved registers gives it.
 //
 // Safety. A wrong answer must cost at most a retry. The decoder knows a
 // whitelist of opcodes and gives up on everything else (RIP-relative
@@ -153,6 +153,9 @@ func faultAddr(tf *trapFrame, write bool) (addr uintptr, ok bool) {
 			return 0, false
 		}
 		return uintptr(tf.rsi), !addr32 && !fs
+	case write && (b&0xf8 == 0x50 || b == 0xe8 || b == 0x68 || b == 0x6a || b == 0x9c):
+		// PUSH r, CALL rel32, PUSH imm, PUSHF: the store goes below RSP.
+		return uintptr(tf.rsp - 8), !addr32 && !fs
 	case hasOp(&modrm1, b):
 		i++
 	default:
@@ -160,6 +163,11 @@ func faultAddr(tf *trapFrame, write bool) (addr uintptr, ok bool) {
 	}
 	modrm := codeAt(p, i)
 	i++
+	if b == 0xff && write && (modrm>>3&7 == 2 || modrm>>3&7 == 6) {
+		// CALL r/m, PUSH r/m: a write fault is the push (the operand is
+		// only read).
+		return uintptr(tf.rsp - 8), true
+	}
 	mod, rm := modrm>>6, modrm&7
 	if mod == 3 {
 		return 0, false // a register operand: not what faulted

@@ -34,11 +34,16 @@ func TestFaultAddr(t *testing.T) {
 		{"MOVUPS X0, (SI)", []byte{0x0f, 0x11, 0x06}, true, 0x4000_0000, true},
 		{"CMPXCHGQ CX, (BX)", []byte{0xf0, 0x48, 0x0f, 0xb1, 0x0b}, true, 0x3000_0000, true},
 		{"MOVL CX, (CX) addr32", []byte{0x67, 0x89, 0x09}, true, 3, true},
+		{"CALL rel32", []byte{0xe8, 0x10, 0x00, 0x00, 0x00}, true, 0x7000_0000 - 8, true},
+		{"PUSHQ BP", []byte{0x55}, true, 0x7000_0000 - 8, true},
+		{"PUSHQ R12", []byte{0x41, 0x54}, true, 0x7000_0000 - 8, true},
+		{"CALL *(AX) (the push)", []byte{0xff, 0x10}, true, 0x7000_0000 - 8, true},
+		{"CALL *(AX) (the read)", []byte{0xff, 0x10}, false, 0x1000_0000, true},
 		{"RIP-relative store", []byte{0x48, 0x89, 0x05, 0x10, 0x00, 0x00, 0x00}, true, 0, false},
 		{"register operand", []byte{0x48, 0x89, 0xc8}, true, 0, false},
 		{"GS override", []byte{0x65, 0x48, 0x89, 0x04, 0x25, 0x00, 0x00, 0x00, 0x00}, true, 0, false},
 		{"VZEROUPPER", []byte{0xc5, 0xf8, 0x77}, true, 0, false},
-		{"PUSHQ (no ModRM)", []byte{0x50}, true, 0, false},
+		{"PUSHQ on a read fault", []byte{0x50}, false, 0, false},
 		{"STOSB on a read fault", []byte{0xaa}, false, 0, false},
 	}
 	for _, c := range cases {
