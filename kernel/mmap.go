@@ -51,8 +51,9 @@ const (
 )
 
 // eagerBelow: commits smaller than this are mapped at mmap time, since a
-// page fault costs more (~15 µs delivery + ~46 µs exit for CR2) than
-// mapping a few pages.
+// page fault costs more (~15-20 µs delivery, plus a ~46 µs exit where
+// its address cannot be decoded, see faultaddr.go) than mapping a few
+// pages.
 const eagerBelow = mm.HugeSize
 
 // demandPage maps the block around a faulting address if the program

@@ -50,10 +50,10 @@ package mm
 // Granularity: data is copied at the granularity it is mapped with. A
 // 2 MiB page is copied whole (one order-9 frame, one entry). Splitting it
 // into 512 4 KiB entries would make the copy cheaper but turn every later
-// write to another 4 KiB piece of it into a fault of its own, and a fault
-// is the expensive part where we run (~15 µs delivery + ~46 µs exit for
-// CR2 under PVM): a random-write OLTP load over 4 GiB takes 2,048 faults
-// with whole copies, up to a million with splitting.
+// write to another 4 KiB piece of it into a fault of its own (~20 µs
+// under PVM even with the address decoded instead of read from CR2, plus
+// a trapped 4 KiB entry write): a random-write OLTP load over 4 GiB takes
+// 2,048 faults with whole copies, up to a million with splitting.
 
 import (
 	"errors"
@@ -161,7 +161,7 @@ type CoWStats struct {
 // KCSnapStats; kapi/unikernel reads the same struct).
 type SnapCounters struct {
 	CoWStats
-	Faults   uint64 // write faults resolved by copy-on-write (each also an exit for CR2 under PVM)
+	Faults   uint64 // write faults resolved by copy-on-write
 	Breaks   uint64 // pages made private without a fault (kernel writes, KCSnapBreak, guards)
 	Created  uint64 // snapshots taken
 	Released uint64 // snapshots released
