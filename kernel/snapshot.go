@@ -195,7 +195,11 @@ func snapRelease(view uintptr) int64 {
 
 // snapBreak makes [a, a+n) privately writable now, as a write fault on
 // each page would, but without the faults (~20 µs each under PVM): a
-// writer that knows where it is about to write can call it first.
+// writer that knows where it is about to write can call it first, and
+// another thread can take copies off the writers' path (an analytical
+// thread privatising the source before it scans: the writers then find
+// their pages copied). Each copy runs without mmlock, so this and the
+// writers' faults copy in parallel.
 func snapBreak(a, n uintptr) int64 {
 	if a+n < a {
 		return -_EINVAL
@@ -203,23 +207,51 @@ func snapBreak(a, n uintptr) int64 {
 	if cowUsed.Load() == 0 {
 		return 0
 	}
-	mmlock.lock()
-	defer mmlock.unlock()
 	for p := a &^ (mm.PageSize - 1); p < a+n; {
+		mmlock.lock()
 		_, size := pt.Lookup(p)
+		writable := size != 0 && cow.Writable(p)
+		mmlock.unlock()
 		if size == 0 {
 			return -_EFAULT
 		}
-		if !cow.Writable(p) {
-			if _, err := cow.BreakWrite(p); err != nil {
+		if !writable {
+			ok, err := breakShared(p)
+			if err != nil {
 				return -_ENOMEM
 			}
+			if !ok {
+				return -_EFAULT // unmapped meanwhile
+			}
+			mmlock.lock()
 			snapCnt.Breaks++
+			snapCounters()
+			mmlock.unlock()
 		}
 		p = (p | (size - 1)) + 1
 	}
-	snapCounters()
 	return 0
+}
+
+// breakShared makes the page at va privately writable (mm.Break: the
+// page copy runs without mmlock, which is not held on entry). It reports
+// false when va is not mapped.
+func breakShared(va uintptr) (bool, error) {
+	var b mm.Break
+	mmlock.lock()
+	ok, cp, err := cow.BeginBreak(va, &b)
+	if err == nil && cp {
+		mmlock.unlock()
+		tc := nanotime()
+		err = cow.CopyBreak(&b)
+		atomic.AddUint64(&snapCnt.CopyNs, uint64(nanotime()-tc))
+		mmlock.lock()
+		if err == nil {
+			ok, err = cow.FinishBreak(&b)
+		}
+	}
+	mmlock.unlock()
+	return ok, err
 }
 
 // cowFault resolves a write fault on a write-protected page (trap.go).
@@ -231,30 +263,19 @@ func cowFault(addr uintptr) bool {
 	if cowUsed.Load() == 0 || addr < boot.NullGuardEnd {
 		return false
 	}
-	var b mm.Break
 	t0 := nanotime()
-	mmlock.lock()
-	ok, cp, err := cow.BeginBreak(addr, &b)
-	if err == nil && cp {
-		mmlock.unlock()
-		tc := nanotime()
-		err = cow.CopyBreak(&b)
-		atomic.AddUint64(&snapCnt.CopyNs, uint64(nanotime()-tc))
-		mmlock.lock()
-		if err == nil {
-			ok, err = cow.FinishBreak(&b)
-		}
-	}
+	ok, err := breakShared(addr)
 	if err != nil {
 		kprint("cumulus kernel: out of memory: no free frame for a copy-on-write page (run with a larger -mem)\n")
 		ok = false
 	}
 	if ok {
+		mmlock.lock()
 		snapCnt.Faults++
 		snapCnt.FaultNs += uint64(nanotime() - t0)
 		snapCounters()
+		mmlock.unlock()
 	}
-	mmlock.unlock()
 	return ok
 }
 

@@ -92,6 +92,17 @@ func bad(k kapi.Kernel) error {
 			}
 		}
 		vw := workload.Words8(v.Mem)
+		if round%2 == 0 {
+			// Privatising part of the source ahead of the writes
+			// (PrepareWrite: copies without faults) keeps the view.
+			before := workload.Sum(vw)
+			if err := unikernel.PrepareWrite(r.Mem[:4<<20]); err != nil {
+				return err
+			}
+			if after := workload.Sum(vw); after != before || workload.Sum(w) != before {
+				return fmt.Errorf("round %d: PrepareWrite changed the view (%d, want %d) or the source (%d)", round, after, before, workload.Sum(w))
+			}
+		}
 		// Writes on both sides stay on their side.
 		i := (round * 7919) % len(w)
 		w[i] += 1 << 40
