@@ -358,9 +358,9 @@ func (r *Report) Table() string {
 		if c := g.Counters; c != nil {
 			fmt.Fprintf(&b, "%-28s in the kernel: create %.3f ms (TLB flush %.3f ms), release %.3f ms (flush %.3f ms)\n", "",
 				float64(c.CreateNs)/1e6, float64(c.CreateFlushNs)/1e6, float64(c.ReleaseNs)/1e6, float64(c.ReleaseFlushNs)/1e6)
-			if c.Faults > 0 {
-				fmt.Fprintf(&b, "%-28s copy-on-write faults: %.1f µs each in the kernel, of which copying %.1f µs (delivery and return not included)\n", "",
-					float64(c.FaultNs)/float64(c.Faults)/1e3, float64(c.CopyNs)/float64(c.Faults)/1e3)
+			if c.Faults > 0 && c.PageCopies > 0 {
+				fmt.Fprintf(&b, "%-28s copy-on-write faults: %.1f µs each in the kernel (delivery and return not included); page copies: %.1f µs each (faults' and PrepareWrite's)\n", "",
+					float64(c.FaultNs)/float64(c.Faults)/1e3, float64(c.CopyNs)/float64(c.PageCopies)/1e3)
 			}
 			fmt.Fprintf(&b, "%-28s per snapshot: %d page-table writes (live), %d entries shared, %d tables copied, %d pages copied (%d MiB), %d reused in place, %d CoW faults, %d TLB flushes (HCFlush); whole run: %d VM exits (%d of them for CR2: faults whose address was not decoded), %d per-vCPU flushes\n",
 				"", c.LiveWrites, c.Shares, c.TableCopies, c.PageCopies, c.CopyBytes>>20, c.PageReuses, c.Faults, c.Flushes, x.VMExits, x.CR2Exits, x.VMTLBFlushes)
