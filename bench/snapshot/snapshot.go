@@ -525,33 +525,38 @@ func runOnce(o Options, bin string, img *vmm.Image, hot float64, guestMem uint64
 			name, g.CreateMs, g.ScanMs, g.DestroyMs, g.BeforeOps/1e6, g.DuringOps/1e6, g.AfterOps/1e6, g.Consistent)
 		return nil
 	}
-	for _, mode := range []string{"none", "fork", "kapi"} {
-		c := exec.Command(bin, args(mode)...)
-		c.Env = append(os.Environ(), fmt.Sprintf("GOMAXPROCS=%d", o.CPUs))
-		var errb bytes.Buffer
-		c.Stderr = &errb
-		out, err := c.Output()
-		if err != nil {
-			return nil, 0, fmt.Errorf("bench snapshot: linux %s: %v\n%s", mode, err, errb.String())
-		}
-		name, key := "linux fork()", "fork"
-		switch mode {
-		case "kapi":
-			name, key = "linux kapi (userfaultfd-wp)", "uffd"
-		case "none":
-			name, key = "linux, no snapshot", "linux-none"
-		}
-		if err := add(name, key, out); err != nil {
-			return nil, 0, err
-		}
+	systems := []struct {
+		name, key, mode string
+		image, help     bool
+	}{
+		{"linux, no snapshot", "linux-none", "none", false, false},
+		{"linux fork()", "fork", "fork", false, false},
+		{"linux kapi (userfaultfd-wp)", "uffd", "kapi", false, false},
+		{"image, no snapshot", "image-none", "none", true, false},
+		{"image kapi (page-table CoW)", "image", "kapi", true, false},
+		{"image, OLAP helps copy", "image-help", "kapi", true, true},
 	}
-	for _, mode := range []string{"none", "kapi", "kapi-help"} {
-		if img == nil {
-			break
+	for _, sys := range systems {
+		gargs := args(sys.mode)
+		if sys.help {
+			gargs = append(gargs, "-help-copy")
 		}
-		gargs := args(mode)
-		if mode == "kapi-help" {
-			gargs = append(args("kapi"), "-help-copy")
+		if !sys.image {
+			c := exec.Command(bin, gargs...)
+			c.Env = append(os.Environ(), fmt.Sprintf("GOMAXPROCS=%d", o.CPUs))
+			var errb bytes.Buffer
+			c.Stderr = &errb
+			out, err := c.Output()
+			if err != nil {
+				return nil, 0, fmt.Errorf("bench snapshot: %s: %v\n%s", sys.name, err, errb.String())
+			}
+			if err := add(sys.name, sys.key, out); err != nil {
+				return nil, 0, err
+			}
+			continue
+		}
+		if img == nil {
+			continue
 		}
 		var out, errb bytes.Buffer
 		var res vmm.Result
@@ -567,19 +572,12 @@ func runOnce(o Options, bin string, img *vmm.Image, hot float64, guestMem uint64
 				break
 			}
 			if try == 3 || bytes.Contains(out.Bytes(), []byte(`"consistent":false`)) {
-				return nil, 0, fmt.Errorf("bench snapshot: image: exit %d %v\n%s\n%s", res.ExitCode, err, out.String(), errb.String())
+				return nil, 0, fmt.Errorf("bench snapshot: %s: exit %d %v\n%s\n%s", sys.name, res.ExitCode, err, out.String(), errb.String())
 			}
 			retries++
 			fmt.Fprintf(o.Progress, "image run failed (exit %d), retrying: %.300s\n", res.ExitCode, errb.String()+out.String())
 		}
-		name, key := "image kapi (page-table CoW)", "image"
-		switch mode {
-		case "none":
-			name, key = "image, no snapshot", "image-none"
-		case "kapi-help":
-			name, key = "image, OLAP helps copy", "image-help"
-		}
-		if err := add(name, key, out.Bytes()); err != nil {
+		if err := add(sys.name, sys.key, out.Bytes()); err != nil {
 			return nil, 0, err
 		}
 		r := &runs[len(runs)-1]
