@@ -41,3 +41,23 @@ func TestAlignedBuffer(t *testing.T) {
 		}
 	}
 }
+
+type preparingKernel struct {
+	fakeKernel
+	got []byte
+}
+
+func (p *preparingKernel) PrepareWrite(b []byte) error { p.got = b; return nil }
+
+// TestPrepareWrite: kapi.PrepareWrite reaches a kernel that copies
+// lazily and is a no-op elsewhere.
+func TestPrepareWrite(t *testing.T) {
+	b := make([]byte, 4096)
+	if err := kapi.PrepareWrite(fakeKernel{"plain"}, b); err != nil {
+		t.Fatalf("kernel without PrepareWrite: %v", err)
+	}
+	p := &preparingKernel{fakeKernel: fakeKernel{"lazy"}}
+	if err := kapi.PrepareWrite(p, b); err != nil || len(p.got) != len(b) {
+		t.Fatalf("PrepareWrite not passed on: %v, %d bytes", err, len(p.got))
+	}
+}

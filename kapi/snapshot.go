@@ -66,3 +66,23 @@ func ReleaseSnapshot(k Kernel, v *SnapshotView) error {
 	}
 	return s.ReleaseSnapshot(v)
 }
+
+// WritePreparer is implemented by kernels whose snapshots copy lazily:
+// PrepareWrite makes b privately writable now, as write faults on its
+// pages would, without taking them. A writer that knows where it will
+// write saves the faults; an analytical thread that calls it on a
+// snapshot's source right after taking the snapshot takes the copies off
+// the writers' path (each page is copied once, by whoever comes first).
+type WritePreparer interface {
+	PrepareWrite(b []byte) error
+}
+
+// PrepareWrite calls k's PrepareWrite where it has one. Elsewhere it
+// does nothing: there, snapshots are copies made at creation (Linux), so
+// writers never wait for a copy afterwards.
+func PrepareWrite(k Kernel, b []byte) error {
+	if p, ok := k.(WritePreparer); ok {
+		return p.PrepareWrite(b)
+	}
+	return nil
+}

@@ -61,7 +61,10 @@ func SnapshotStats() (SnapshotCounters, error) {
 // scans takes the copies off the writers' path (they copy in parallel,
 // each page once, whoever comes first). Without live snapshots it does
 // nothing.
-func PrepareWrite(b []byte) error {
+func PrepareWrite(b []byte) error { return Kernel{}.PrepareWrite(b) }
+
+// PrepareWrite implements kapi.WritePreparer (see the function above).
+func (Kernel) PrepareWrite(b []byte) error {
 	if len(b) == 0 {
 		return nil
 	}
