@@ -80,6 +80,11 @@ func hasOp(t *[4]uint64, op byte) bool { return t[op/64]&(1<<(op%64)) != 0 }
 
 func codeAt(p, i uintptr) byte { return *(*byte)(ptrOf(p + i)) }
 
+// disp32 is the sign-extended 32-bit displacement at p+i.
+func disp32(p, i uintptr) uint64 {
+	return uint64(int64(int32(uint32(codeAt(p, i)) | uint32(codeAt(p, i+1))<<8 | uint32(codeAt(p, i+2))<<16 | uint32(codeAt(p, i+3))<<24)))
+}
+
 // faultAddr decodes the instruction at tf.rip and returns the address
 // its memory operand names, for a data access (write says which kind).
 // ok is false where it cannot tell.
@@ -182,7 +187,7 @@ func faultAddr(tf *trapFrame, write bool) (addr uintptr, ok bool) {
 			a = regOf(tf, idx) << (sib >> 6)
 		}
 		if base := sib&7 | rexB<<3; sib&7 == 5 && mod == 0 {
-			a += uint64(int64(int32(uint32(codeAt(p, i)) | uint32(codeAt(p, i+1))<<8 | uint32(codeAt(p, i+2))<<16 | uint32(codeAt(p, i+3))<<24)))
+			a += disp32(p, i)
 			i += 4
 		} else {
 			a += regOf(tf, base)
@@ -196,7 +201,7 @@ func faultAddr(tf *trapFrame, write bool) (addr uintptr, ok bool) {
 	case 1:
 		a += uint64(int64(int8(codeAt(p, i))))
 	case 2:
-		a += uint64(int64(int32(uint32(codeAt(p, i)) | uint32(codeAt(p, i+1))<<8 | uint32(codeAt(p, i+2))<<16 | uint32(codeAt(p, i+3))<<24)))
+		a += disp32(p, i)
 	}
 	if addr32 {
 		a &= 0xffffffff

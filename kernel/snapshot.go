@@ -216,17 +216,13 @@ func snapBreak(a, n uintptr) int64 {
 			return -_EFAULT
 		}
 		if !writable {
-			ok, err := breakShared(p)
+			ok, err := breakShared(p, &snapCnt.Breaks, nil, 0)
 			if err != nil {
 				return -_ENOMEM
 			}
 			if !ok {
 				return -_EFAULT // unmapped meanwhile
 			}
-			mmlock.lock()
-			snapCnt.Breaks++
-			snapCounters()
-			mmlock.unlock()
 		}
 		p = (p | (size - 1)) + 1
 	}
@@ -234,11 +230,13 @@ func snapBreak(a, n uintptr) int64 {
 }
 
 // breakShared makes the page at va privately writable (mm.Break: the
-// page copy runs without mmlock, which is not held on entry). It reports
-// false when va is not mapped.
-func breakShared(va uintptr) (bool, error) {
+// page copy runs without mmlock, which is not held on entry) and counts
+// it in *count (with the time since t0 in *ns, if ns is not nil). It
+// reports false when va is not mapped.
+func breakShared(va uintptr, count, ns *uint64, t0 int64) (bool, error) {
 	var b mm.Break
 	mmlock.lock()
+	defer mmlock.unlock()
 	ok, cp, err := cow.BeginBreak(va, &b)
 	if err == nil && cp {
 		mmlock.unlock()
@@ -250,7 +248,13 @@ func breakShared(va uintptr) (bool, error) {
 			ok, err = cow.FinishBreak(&b)
 		}
 	}
-	mmlock.unlock()
+	if ok && err == nil {
+		*count++
+		if ns != nil {
+			*ns += uint64(nanotime() - t0)
+		}
+		snapCounters()
+	}
 	return ok, err
 }
 
@@ -263,18 +267,10 @@ func cowFault(addr uintptr) bool {
 	if cowUsed.Load() == 0 || addr < boot.NullGuardEnd {
 		return false
 	}
-	t0 := nanotime()
-	ok, err := breakShared(addr)
+	ok, err := breakShared(addr, &snapCnt.Faults, &snapCnt.FaultNs, nanotime())
 	if err != nil {
 		kprint("cumulus kernel: out of memory: no free frame for a copy-on-write page (run with a larger -mem)\n")
-		ok = false
-	}
-	if ok {
-		mmlock.lock()
-		snapCnt.Faults++
-		snapCnt.FaultNs += uint64(nanotime() - t0)
-		snapCounters()
-		mmlock.unlock()
+		return false
 	}
 	return ok
 }

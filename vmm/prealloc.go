@@ -4,6 +4,7 @@ import (
 	"errors"
 	"runtime"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 )
@@ -16,43 +17,34 @@ import (
 func prealloc(mem []byte) error {
 	const piece = 64 << 20
 	var (
-		mu    sync.Mutex
-		next  int
-		first error
-		wg    sync.WaitGroup
+		next atomic.Int64
+		wg   sync.WaitGroup
 	)
-	work := func() {
-		defer wg.Done()
-		for {
-			mu.Lock()
-			lo := next
-			next += piece
-			stop := first != nil
-			mu.Unlock()
-			if stop || lo >= len(mem) {
-				return
-			}
-			p := mem[lo:min(lo+piece, len(mem))]
-			err := unix.Madvise(p, unix.MADV_POPULATE_WRITE)
-			if errors.Is(err, unix.EINVAL) {
-				for i := 0; i < len(p); i += 4096 {
-					p[i] = 0
-				}
-				err = nil
-			}
-			if err != nil {
-				mu.Lock()
-				if first == nil {
-					first = err
-				}
-				mu.Unlock()
-			}
-		}
-	}
-	for range runtime.NumCPU() {
+	errs := make([]error, runtime.NumCPU())
+	for w := range errs {
 		wg.Add(1)
-		go work()
+		go func() {
+			defer wg.Done()
+			for {
+				lo := int(next.Add(piece)) - piece
+				if lo >= len(mem) {
+					return
+				}
+				p := mem[lo:min(lo+piece, len(mem))]
+				err := unix.Madvise(p, unix.MADV_POPULATE_WRITE)
+				if errors.Is(err, unix.EINVAL) {
+					for i := 0; i < len(p); i += 4096 {
+						p[i] = 0
+					}
+					err = nil
+				}
+				if err != nil {
+					errs[w] = err
+					return
+				}
+			}
+		}()
 	}
 	wg.Wait()
-	return first
+	return errors.Join(errs...)
 }

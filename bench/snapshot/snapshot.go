@@ -78,7 +78,7 @@ type SweepPoint struct {
 	// snapshot's own cost, without the scan's interference.
 	ImageVsNoSnap float64 `json:"image_vs_no_snapshot"`
 	// The image with the OLAP thread privatising the source before it
-	// scans (unikernel.PrepareWrite): copies move off the writers' path
+	// scans (kapi.PrepareWrite): copies move off the writers' path
 	// onto the analytical thread, whose job gets longer by as much.
 	ImageHelp         float64 `json:"image_help"`
 	ImageHelpVsNoSnap float64 `json:"image_help_vs_no_snapshot"`
@@ -148,33 +148,35 @@ type Report struct {
 	UffdOverNoSnap      float64 `json:"uffd_oltp_during_scan_over_no_snapshot_scan"`
 }
 
+// ratios lists a sweep point's measured fields, for medianPoint.
+func (p *SweepPoint) ratios() []*float64 {
+	return []*float64{&p.Image, &p.Fork, &p.Uffd, &p.ImageVsNoSnap, &p.ImageHelp, &p.ImageHelpVsNoSnap,
+		&p.ImageHelpScanMs, &p.ForkVsNoSnap, &p.UffdVsNoSnap, &p.ImageFaultUs, &p.ImageScanMs}
+}
+
 // medianPoint is the field-wise median of pts (one write-set size).
 func medianPoint(pts []SweepPoint) SweepPoint {
-	med := func(f func(SweepPoint) float64) float64 {
-		v := make([]float64, len(pts))
-		for i, p := range pts {
-			v[i] = f(p)
-		}
+	median := func(v []float64) float64 {
 		sort.Float64s(v)
 		if len(v)%2 == 1 {
 			return v[len(v)/2]
 		}
 		return (v[len(v)/2-1] + v[len(v)/2]) / 2
 	}
-	p := pts[0]
-	p.Image = med(func(p SweepPoint) float64 { return p.Image })
-	p.Fork = med(func(p SweepPoint) float64 { return p.Fork })
-	p.Uffd = med(func(p SweepPoint) float64 { return p.Uffd })
-	p.ImageVsNoSnap = med(func(p SweepPoint) float64 { return p.ImageVsNoSnap })
-	p.ImageHelp = med(func(p SweepPoint) float64 { return p.ImageHelp })
-	p.ImageHelpVsNoSnap = med(func(p SweepPoint) float64 { return p.ImageHelpVsNoSnap })
-	p.ImageHelpScanMs = med(func(p SweepPoint) float64 { return p.ImageHelpScanMs })
-	p.ForkVsNoSnap = med(func(p SweepPoint) float64 { return p.ForkVsNoSnap })
-	p.UffdVsNoSnap = med(func(p SweepPoint) float64 { return p.UffdVsNoSnap })
-	p.ImageCopies = uint64(med(func(p SweepPoint) float64 { return float64(p.ImageCopies) }))
-	p.ImageFaultUs = med(func(p SweepPoint) float64 { return p.ImageFaultUs })
-	p.ImageScanMs = med(func(p SweepPoint) float64 { return p.ImageScanMs })
-	return p
+	out := pts[0]
+	for i, f := range out.ratios() {
+		v := make([]float64, len(pts))
+		for k := range pts {
+			v[k] = *pts[k].ratios()[i]
+		}
+		*f = median(v)
+	}
+	copies := make([]float64, len(pts))
+	for k, p := range pts {
+		copies[k] = float64(p.ImageCopies)
+	}
+	out.ImageCopies = uint64(median(copies))
+	return out
 }
 
 // sweepPoint computes one write-set size's ratios from its runs.

@@ -53,17 +53,14 @@ func SnapshotStats() (SnapshotCounters, error) {
 	return c, nil
 }
 
-// PrepareWrite makes [&b[0], +len(b)) privately writable now, as write
-// faults on its pages would, without taking them: a writer that knows
-// where it will write pays a kernel call (~tens of ns + the copy) instead
-// of a fault (~20 µs under PVM). Any thread may call it on a snapshot's
-// source: an analytical thread that privatises the source before it
-// scans takes the copies off the writers' path (they copy in parallel,
-// each page once, whoever comes first). Without live snapshots it does
-// nothing.
-func PrepareWrite(b []byte) error { return Kernel{}.PrepareWrite(b) }
-
-// PrepareWrite implements kapi.WritePreparer (see the function above).
+// PrepareWrite implements kapi.WritePreparer: it makes [&b[0], +len(b))
+// privately writable now, as write faults on its pages would, without
+// taking them. A writer that knows where it will write pays a kernel
+// call (~tens of ns + the copy) instead of a fault (~20 µs under PVM).
+// Any thread may call it on a snapshot's source: an analytical thread
+// that privatises the source before it scans takes the copies off the
+// writers' path (they copy in parallel, each page once, whoever comes
+// first). Without live snapshots it does nothing.
 func (Kernel) PrepareWrite(b []byte) error {
 	if len(b) == 0 {
 		return nil

@@ -96,7 +96,7 @@ func bad(k kapi.Kernel) error {
 			// Privatising part of the source ahead of the writes
 			// (PrepareWrite: copies without faults) keeps the view.
 			before := workload.Sum(vw)
-			if err := unikernel.PrepareWrite(r.Mem[:4<<20]); err != nil {
+			if err := kapi.PrepareWrite(k, r.Mem[:4<<20]); err != nil {
 				return err
 			}
 			if after := workload.Sum(vw); after != before || workload.Sum(w) != before {
